@@ -1,0 +1,119 @@
+//! `gochat dev`: the embedded mode. Gateway shards (glommio, one per core),
+//! logic and the REST API (tokio), the in-process bus, SQLite and the
+//! in-memory session store, all in one process; the message path is the same
+//! code as in cluster mode.
+
+use crate::bridge::TokioApi;
+use anyhow::Context;
+use gochat_common::auth::JwtKeys;
+use gochat_common::bus::{topics, MemoryBus};
+use gochat_common::config::Config;
+use gochat_common::ids::Snowflake;
+use gochat_common::telemetry;
+use gochat_gateway::{Gateway, GatewayDeps, GatewaySettings};
+use gochat_logic::api::{router, ApiState};
+use gochat_logic::session::MemorySessionStore;
+use gochat_logic::Logic;
+use gochat_repo::sqlite::SqliteStore;
+use gochat_repo::Store;
+use std::path::Path;
+use std::sync::Arc;
+use tracing::info;
+
+/// Dedup entries kept in memory in embedded mode (the database backs it).
+const DEDUP_CACHE_ENTRIES: usize = 1 << 20;
+
+pub fn database_url(cfg: &Config) -> anyhow::Result<String> {
+    if !cfg.storage.database_url.is_empty() {
+        return Ok(cfg.storage.database_url.clone());
+    }
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    Ok(format!("sqlite://{}", cfg.data_dir.join("gochat.db").display()))
+}
+
+pub async fn open_store(cfg: &Config, url: &str) -> anyhow::Result<SqliteStore> {
+    anyhow::ensure!(url.starts_with("sqlite:"), "embedded mode stores in SQLite; got database_url {url:?}");
+    SqliteStore::open(url, cfg.storage.max_connections, cfg.storage.sqlite_synchronous == "full")
+        .await
+        .with_context(|| format!("opening {url}"))
+}
+
+/// The configured secret, or the dev secret kept in the data dir (created once).
+fn jwt_secret(cfg: &Config) -> anyhow::Result<Vec<u8>> {
+    if !cfg.auth.jwt_secret.is_empty() {
+        return Ok(cfg.auth.jwt_secret.as_bytes().to_vec());
+    }
+    let path = cfg.data_dir.join("jwt.secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return Ok(s.trim().as_bytes().to_vec());
+    }
+    let secret: String = {
+        use rand::Rng;
+        let mut rng = rand::thread_rng();
+        (0..64).map(|_| format!("{:x}", rng.gen_range(0..16u8))).collect()
+    };
+    write_private(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    info!(path = %path.display(), "generated a dev jwt secret");
+    Ok(secret.into_bytes())
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let (soft, hard) = telemetry::nofile_limit();
+    let raised = telemetry::raise_nofile_limit();
+    let shards = cfg.effective_shards();
+    info!(nofile_soft = soft, nofile_hard = hard, nofile_now = raised, shards, version = env!("CARGO_PKG_VERSION"), "starting gochat dev");
+    let settings = GatewaySettings::from_config(&cfg, raised);
+    if raised < 100_000 {
+        info!(nofile = raised, max_connections = settings.max_connections, "open-file limit caps connections; raise nofile for more (docs/operations.md)");
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("tokio-tier").build()?;
+    runtime.block_on(async move {
+        let url = database_url(&cfg)?;
+        let store: Arc<dyn Store> = Arc::new(open_store(&cfg, &url).await?);
+        info!(database = %url, "store ready");
+        let jwt = JwtKeys::new(&jwt_secret(&cfg)?, cfg.auth.token_ttl_secs).context("jwt secret")?;
+
+        let bus = MemoryBus::new(cfg.logic.upstream_queue_records);
+        bus.create_topic(topics::UPSTREAM, cfg.logic.upstream_partitions)?;
+        let push_bus = MemoryBus::new(cfg.gateway.push_queue_records);
+        let push_topic = topics::push(&cfg.gateway.id);
+        push_bus.create_topic(&push_topic, shards as u32)?;
+
+        let ids = Arc::new(Snowflake::new(cfg.worker_id)?);
+        let sessions = Arc::new(MemorySessionStore::new(DEDUP_CACHE_ENTRIES));
+        let logic = Logic::new(store, sessions, push_bus.producer(), ids, cfg.logic.clone());
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let logic_task = tokio::spawn(logic.clone().run(bus.subscribe_all(topics::UPSTREAM)?, shutdown_rx.clone()));
+
+        let api = Arc::new(TokioApi::new(router(ApiState { logic, jwt: jwt.clone() }), tokio::runtime::Handle::current()));
+        let push_consumers = (0..shards as u32).map(|p| push_bus.assign(&push_topic, p)).collect::<Result<Vec<_>, _>>()?;
+        let deps = GatewayDeps { producer: bus.producer(), push_consumers, jwt, api };
+        let gateway = Gateway::start(settings, cfg.listen, deps, shutdown_rx)?;
+        info!(addr = %gateway.local_addr, url = %format!("http://{}", gateway.local_addr), shards, "gochat ready");
+
+        wait_for_signal().await;
+        info!("shutting down");
+        let _ = shutdown_tx.send(true);
+        tokio::task::spawn_blocking(move || gateway.join()).await?;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), logic_task).await;
+        info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

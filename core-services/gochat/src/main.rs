@@ -1,0 +1,112 @@
+//! `gochat`: one binary, one subcommand per role. Thin: it parses flags,
+//! loads configuration and wires the crates together; behaviour lives in the
+//! library crates.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod bridge;
+mod dev;
+
+use clap::{Args, Parser, Subcommand};
+use gochat_common::config::Config;
+use gochat_common::telemetry::LogFormat;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "gochat", version, about = "GoChat: instant messaging with a thread-per-core WebSocket gateway", long_about = None)]
+struct Cli {
+    /// TOML configuration file (see docs/configuration.md). GOCHAT_* environment
+    /// variables override it; flags override both.
+    #[arg(long, global = true, env = "GOCHAT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format: auto (text on a terminal, JSON otherwise), text or json.
+    #[arg(long, global = true)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run everything in one process with no external services: gateway
+    /// shards, logic, repo on SQLite, in-process bus and session store.
+    Dev(DevArgs),
+    /// Apply the database migrations and exit.
+    Migrate(MigrateArgs),
+    /// Print the effective configuration (defaults + file + environment) as TOML.
+    PrintConfig,
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Address for WebSocket, REST, health and metrics [default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Directory for the SQLite database and the dev JWT secret [default: ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Gateway shards, one pinned executor per core [default: one per core].
+    #[arg(long)]
+    shards: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct MigrateArgs {
+    /// Database URL [default: sqlite://{data_dir}/gochat.db].
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Directory holding the SQLite database when no URL is given [default: ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    if let Some(f) = cli.log_format {
+        cfg.log.format = f;
+    }
+    Ok(cfg)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut cfg = load_config(&cli)?;
+    match cli.command {
+        Command::Dev(args) => {
+            if let Some(l) = args.listen {
+                cfg.listen = l;
+            }
+            if let Some(d) = args.data_dir {
+                cfg.data_dir = d;
+            }
+            if let Some(s) = args.shards {
+                cfg.shards = s;
+            }
+            cfg.validate()?;
+            gochat_common::telemetry::init(cfg.log.format, &cfg.log.filter);
+            dev::run(cfg)
+        }
+        Command::Migrate(args) => {
+            if let Some(d) = args.data_dir {
+                cfg.data_dir = d;
+            }
+            if let Some(u) = args.database_url {
+                cfg.storage.database_url = u;
+            }
+            gochat_common::telemetry::init(cfg.log.format, &cfg.log.filter);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let url = dev::database_url(&cfg)?;
+                dev::open_store(&cfg, &url).await?;
+                tracing::info!(database = %url, "migrations applied");
+                anyhow::Ok(())
+            })
+        }
+        Command::PrintConfig => {
+            print!("{}", toml::to_string_pretty(&cfg)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! REST API of protocol v1, served by the tokio tier (the gateway forwards
+//! `/api/*`, `/readyz` and `/metrics` here). Every error body is
+//! `{"error": {"code": "<snake_case>", "message": "..."}}`.
+
+use crate::frames::MessageView;
+use crate::{password, Logic};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::{header, request::Parts, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gochat_common::auth::JwtKeys;
+use gochat_common::convid::ConversationId;
+use gochat_common::metrics::TextEncoder;
+use gochat_repo::{RepoError, User};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::Arc;
+use tracing::{error, info};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub logic: Arc<Logic>,
+    pub jwt: JwtKeys,
+}
+
+/// A protocol error: status + snake_case code + human message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        error!(error = %e, "request failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+    }
+}
+
+impl From<RepoError> for ApiError {
+    fn from(e: RepoError) -> Self {
+        Self::internal(e)
+    }
+}
+
+/// `Json<T>` whose rejection is a protocol error body.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Self(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "expected Content-Type: application/json"))
+            }
+            Err(e) => Err(ApiError::bad_request("invalid_json", e.body_text())),
+        }
+    }
+}
+
+/// `Query<T>` whose rejection is a protocol error body.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|e: QueryRejection| ApiError::bad_request("invalid_query", e.body_text()))
+    }
+}
+
+/// The caller, from `Authorization: Bearer <jwt>`.
+pub struct AuthUser(pub u64);
+
+impl FromRequestParts<ApiState> for AuthUser {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
+        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| unauthorized("missing bearer token"))?;
+        let token = JwtKeys::bearer(value).ok_or_else(|| unauthorized("expected Authorization: Bearer <token>"))?;
+        state.jwt.verify(token).map(AuthUser).map_err(|e| unauthorized(&e.to_string()))
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/auth/register", post(register))
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/users/me", get(me))
+        .route("/api/v1/users/{uid}/presence", get(presence))
+        .route("/api/v1/conversations/{cid}/messages", get(history))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+        })
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+struct RegisterBody {
+    username: String,
+    password: String,
+    nickname: Option<String>,
+}
+
+fn valid_username(u: &str) -> bool {
+    (3..=32).contains(&u.len()) && u.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+async fn register(State(st): State<ApiState>, ApiJson(body): ApiJson<RegisterBody>) -> Result<Response, ApiError> {
+    if !valid_username(&body.username) {
+        return Err(ApiError::bad_request("invalid_username", "username must be 3-32 characters of A-Z a-z 0-9 _ . -"));
+    }
+    if !(8..=128).contains(&body.password.chars().count()) {
+        return Err(ApiError::bad_request("invalid_password", "password must be 8-128 characters"));
+    }
+    let nickname = body.nickname.unwrap_or_else(|| body.username.clone());
+    if nickname.trim().is_empty() || nickname.chars().count() > 64 || nickname.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("invalid_nickname", "nickname must be 1-64 printable characters"));
+    }
+    let pw = body.password;
+    let hash = tokio::task::spawn_blocking(move || password::hash(&pw)).await.map_err(ApiError::internal)?;
+    let user = User {
+        id: st.logic.ids().next_id(),
+        username: body.username,
+        password_hash: hash,
+        nickname,
+        avatar_url: String::new(),
+        created_at: gochat_common::now_ms(),
+    };
+    match st.logic.store.create_user(&user).await {
+        Ok(()) => {}
+        Err(RepoError::UsernameTaken) => return Err(ApiError::new(StatusCode::CONFLICT, "username_taken", "username is taken")),
+        Err(e) => return Err(e.into()),
+    }
+    info!(user_id = user.id, "user registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"user_id": user.id.to_string(), "username": user.username, "nickname": user.nickname})),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+async fn login(State(st): State<ApiState>, ApiJson(body): ApiJson<LoginBody>) -> Result<Response, ApiError> {
+    let user = st.logic.store.user_by_username(&body.username).await?;
+    let phc = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| password::decoy_hash().to_owned());
+    let pw = body.password;
+    let ok = tokio::task::spawn_blocking(move || password::verify(&pw, &phc)).await.map_err(ApiError::internal)?;
+    match user {
+        Some(u) if ok => {
+            let t = st.jwt.issue(u.id);
+            Ok(Json(json!({"token": t.token, "user_id": u.id.to_string(), "expires_at": t.expires_at})).into_response())
+        }
+        _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "wrong username or password")),
+    }
+}
+
+async fn me(State(st): State<ApiState>, AuthUser(uid): AuthUser) -> Result<Response, ApiError> {
+    let u = st
+        .logic
+        .store
+        .user_by_id(uid)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the token's user no longer exists"))?;
+    Ok(Json(json!({"user_id": u.id.to_string(), "username": u.username, "nickname": u.nickname, "avatar_url": u.avatar_url}))
+        .into_response())
+}
+
+async fn presence(State(st): State<ApiState>, AuthUser(_): AuthUser, Path(uid): Path<String>) -> Result<Response, ApiError> {
+    let uid: u64 = uid.parse().map_err(|_| ApiError::bad_request("invalid_user_id", "user ids are decimal strings"))?;
+    let sessions = st.logic.sessions.sessions(&[uid]).await.map_err(ApiError::internal)?;
+    Ok(Json(json!({"user_id": uid.to_string(), "online": !sessions.is_empty(), "connections": sessions.len()})).into_response())
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    #[serde(default)]
+    after_seq: u64,
+    #[serde(default)]
+    limit: u32,
+}
+
+#[derive(Serialize)]
+struct Page<'a> {
+    messages: Vec<MessageView<'a>>,
+    has_more: bool,
+}
+
+async fn history(
+    State(st): State<ApiState>,
+    AuthUser(uid): AuthUser,
+    Path(cid): Path<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Response, ApiError> {
+    let conv = ConversationId::parse(&cid).map_err(|e| ApiError::bad_request("invalid_conversation", e.to_string()))?;
+    if conv.peer_of(uid).is_none() {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "not_member", "you are not a member of this conversation"));
+    }
+    let limit = st.logic.page_limit(q.limit);
+    let (messages, has_more) = st.logic.page(&cid, q.after_seq, limit).await?;
+    Ok(Json(Page { messages: messages.iter().map(MessageView::from).collect(), has_more }).into_response())
+}
+
+async fn readyz(State(st): State<ApiState>) -> Response {
+    match st.logic.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => {
+            error!(error = %e, "store not ready");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "store unavailable").into_response()
+        }
+    }
+}
+
+async fn metrics(State(st): State<ApiState>) -> Response {
+    let mut enc = TextEncoder::new();
+    st.logic.metrics.render(&mut enc);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], enc.finish()).into_response()
+}

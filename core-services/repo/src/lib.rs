@@ -1,0 +1,69 @@
+//! Persistence of the message path. Logic persists a batch of messages here
+//! *before* it acks or fans out, so an ack always means "stored". The
+//! [`Store`] trait is what logic sees; [`sqlite::SqliteStore`] is the embedded
+//! implementation (MySQL and the gRPC client slot in behind the same trait).
+//!
+//! Invariants the schema enforces, whatever the caller does:
+//! UNIQUE (conversation_id, seq) and UNIQUE (sender_id, client_msg_id).
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("username is taken")]
+    UsernameTaken,
+    #[error("a message with this (conversation_id, seq) or (sender_id, client_msg_id) already exists")]
+    Conflict,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: u64,
+    pub username: String,
+    pub password_hash: String,
+    pub nickname: String,
+    pub avatar_url: String,
+    pub created_at: i64,
+}
+
+/// One stored message. `content` is the compact JSON text of the client's
+/// `content` object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub msg_id: u64,
+    pub conversation_id: String,
+    pub seq: u64,
+    pub sender_id: u64,
+    pub client_msg_id: String,
+    pub content_type: String,
+    pub content: String,
+    pub created_at: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn create_user(&self, user: &User) -> Result<(), RepoError>;
+    async fn user_by_username(&self, username: &str) -> Result<Option<User>, RepoError>;
+    async fn user_by_id(&self, id: u64) -> Result<Option<User>, RepoError>;
+    /// Which of `ids` are existing users.
+    async fn existing_users(&self, ids: &[u64]) -> Result<Vec<u64>, RepoError>;
+
+    /// Insert a batch atomically: all rows or none.
+    async fn insert_messages(&self, batch: &[StoredMessage]) -> Result<(), RepoError>;
+    /// Messages already stored under any of these (sender_id, client_msg_id).
+    async fn messages_by_client_ids(&self, keys: &[(u64, String)]) -> Result<Vec<StoredMessage>, RepoError>;
+    /// Highest seq of a conversation (0 when empty): where seq allocation
+    /// resumes after the fast store lost its counter.
+    async fn max_seq(&self, conversation_id: &str) -> Result<u64, RepoError>;
+    /// Messages with seq > `after_seq`, ascending, at most `limit`.
+    async fn messages_after(&self, conversation_id: &str, after_seq: u64, limit: u32) -> Result<Vec<StoredMessage>, RepoError>;
+
+    /// Cheap liveness probe for /readyz.
+    async fn ping(&self) -> Result<(), RepoError>;
+}

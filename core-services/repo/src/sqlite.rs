@@ -1,0 +1,225 @@
+//! SQLite store for embedded mode (`gochat dev`): WAL journal, migrations from
+//! migrations/sqlite applied at open.
+
+use crate::{RepoError, Store, StoredMessage, User};
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (creating if missing) and migrate. `synchronous_full` trades write
+    /// speed for durability across power loss.
+    pub async fn open(url: &str, max_connections: u32, synchronous_full: bool) -> Result<Self, RepoError> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(if synchronous_full { SqliteSynchronous::Full } else { SqliteSynchronous::Normal })
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new().max_connections(max_connections.max(1)).connect_with(opts).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn user_from_row(r: &SqliteRow) -> Result<User, sqlx::Error> {
+    Ok(User {
+        id: r.try_get::<i64, _>("id")? as u64,
+        username: r.try_get("username")?,
+        password_hash: r.try_get("password_hash")?,
+        nickname: r.try_get("nickname")?,
+        avatar_url: r.try_get("avatar_url")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn message_from_row(r: &SqliteRow) -> Result<StoredMessage, sqlx::Error> {
+    Ok(StoredMessage {
+        msg_id: r.try_get::<i64, _>("id")? as u64,
+        conversation_id: r.try_get("conversation_id")?,
+        seq: r.try_get::<i64, _>("seq")? as u64,
+        sender_id: r.try_get::<i64, _>("sender_id")? as u64,
+        client_msg_id: r.try_get("client_msg_id")?,
+        content_type: r.try_get("content_type")?,
+        content: r.try_get("content")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, sender_id, client_msg_id, content_type, content, created_at";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_user(&self, u: &User) -> Result<(), RepoError> {
+        sqlx::query("INSERT INTO users (id, username, password_hash, nickname, avatar_url, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(u.id as i64)
+            .bind(&u.username)
+            .bind(&u.password_hash)
+            .bind(&u.nickname)
+            .bind(&u.avatar_url)
+            .bind(u.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| if is_unique_violation(&e) { RepoError::UsernameTaken } else { e.into() })?;
+        Ok(())
+    }
+
+    async fn user_by_username(&self, username: &str) -> Result<Option<User>, RepoError> {
+        let row = sqlx::query("SELECT * FROM users WHERE username = ?").bind(username).fetch_optional(&self.pool).await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn user_by_id(&self, id: u64) -> Result<Option<User>, RepoError> {
+        let row = sqlx::query("SELECT * FROM users WHERE id = ?").bind(id as i64).fetch_optional(&self.pool).await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn existing_users(&self, ids: &[u64]) -> Result<Vec<u64>, RepoError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT id FROM users WHERE id IN (");
+        let mut sep = q.separated(", ");
+        for id in ids {
+            sep.push_bind(*id as i64);
+        }
+        q.push(")");
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok(r.try_get::<i64, _>(0)? as u64)).collect()
+    }
+
+    async fn insert_messages(&self, batch: &[StoredMessage]) -> Result<(), RepoError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        // SQLite caps bound parameters per statement; 8 columns x 100 rows stays well under it.
+        for chunk in batch.chunks(100) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!("INSERT INTO messages ({MESSAGE_COLUMNS}) "));
+            q.push_values(chunk, |mut b, m| {
+                b.push_bind(m.msg_id as i64)
+                    .push_bind(&m.conversation_id)
+                    .push_bind(m.seq as i64)
+                    .push_bind(m.sender_id as i64)
+                    .push_bind(&m.client_msg_id)
+                    .push_bind(&m.content_type)
+                    .push_bind(&m.content)
+                    .push_bind(m.created_at);
+            });
+            q.build().execute(&mut *tx).await.map_err(|e| if is_unique_violation(&e) { RepoError::Conflict } else { e.into() })?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn messages_by_client_ids(&self, keys: &[(u64, String)]) -> Result<Vec<StoredMessage>, RepoError> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(200) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE "));
+            for (i, (sender, cmid)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(" OR ");
+                }
+                q.push("(sender_id = ").push_bind(*sender as i64).push(" AND client_msg_id = ").push_bind(cmid.as_str()).push(")");
+            }
+            let rows = q.build().fetch_all(&self.pool).await?;
+            for r in &rows {
+                out.push(message_from_row(r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn max_seq(&self, conversation_id: &str) -> Result<u64, RepoError> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM messages WHERE conversation_id = ?")
+            .bind(conversation_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(v.unwrap_or(0) as u64)
+    }
+
+    async fn messages_after(&self, conversation_id: &str, after_seq: u64, limit: u32) -> Result<Vec<StoredMessage>, RepoError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq > ? ORDER BY seq ASC LIMIT ?"
+        ))
+        .bind(conversation_id)
+        .bind(after_seq.min(i64::MAX as u64) as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| message_from_row(r).map_err(Into::into)).collect()
+    }
+
+    async fn ping(&self) -> Result<(), RepoError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> SqliteStore {
+        SqliteStore::open("sqlite::memory:", 1, false).await.unwrap()
+    }
+
+    fn msg(id: u64, cid: &str, seq: u64, sender: u64, cmid: &str) -> StoredMessage {
+        StoredMessage {
+            msg_id: id,
+            conversation_id: cid.into(),
+            seq,
+            sender_id: sender,
+            client_msg_id: cmid.into(),
+            content_type: "text".into(),
+            content: r#"{"text":"hi"}"#.into(),
+            created_at: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn users_are_unique_case_insensitively() {
+        let s = store().await;
+        let u = User { id: 1, username: "Alice".into(), password_hash: "h".into(), nickname: "A".into(), avatar_url: String::new(), created_at: 0 };
+        s.create_user(&u).await.unwrap();
+        let dup = User { id: 2, username: "alice".into(), ..u.clone() };
+        assert!(matches!(s.create_user(&dup).await, Err(RepoError::UsernameTaken)));
+        assert_eq!(s.user_by_username("ALICE").await.unwrap().unwrap().id, 1);
+        assert_eq!(s.existing_users(&[1, 2, 3]).await.unwrap(), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn batches_are_atomic_and_unique_keys_hold() {
+        let s = store().await;
+        s.insert_messages(&[msg(10, "s_1_2", 1, 1, "a"), msg(11, "s_1_2", 2, 2, "a")]).await.unwrap();
+        assert_eq!(s.max_seq("s_1_2").await.unwrap(), 2);
+        assert_eq!(s.max_seq("s_1_3").await.unwrap(), 0);
+        // duplicate seq in a batch: the whole batch is refused
+        let r = s.insert_messages(&[msg(12, "s_1_2", 3, 1, "b"), msg(13, "s_1_2", 2, 1, "c")]).await;
+        assert!(matches!(r, Err(RepoError::Conflict)));
+        assert_eq!(s.max_seq("s_1_2").await.unwrap(), 2);
+        // duplicate (sender, client_msg_id)
+        assert!(matches!(s.insert_messages(&[msg(14, "s_1_3", 1, 1, "a")]).await, Err(RepoError::Conflict)));
+        let found = s.messages_by_client_ids(&[(1, "a".into()), (2, "a".into()), (3, "a".into())]).await.unwrap();
+        assert_eq!(found.len(), 2);
+        let page = s.messages_after("s_1_2", 1, 10).await.unwrap();
+        assert_eq!(page, vec![msg(11, "s_1_2", 2, 2, "a")]);
+    }
+}

@@ -1,0 +1,363 @@
+//! One WebSocket connection on a shard. What an idle connection holds is
+//! deliberately tiny: the socket, a 32-byte decoder, an empty outbound queue
+//! and a parked task. Reads borrow the shard's buffer for the duration of a
+//! synchronous `recv`; a partial frame is the only thing copied into memory
+//! owned by the connection, and that memory is released once consumed.
+
+use crate::inbound::{self, Inbound, Origin};
+use crate::shard::Shard;
+use bytes::{Buf, Bytes};
+use futures_lite::{AsyncRead, AsyncWriteExt};
+use glommio::net::TcpStream;
+use gochat_proto::bus::{session_event, ConnRef, KafkaMessage, SessionEvent};
+use gochat_proto::{kind, Message as _};
+use gochat_wscodec::{close_code, close_frame, server_frame, server_text, Message, MessageDecoder, OpCode};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+use tracing::debug;
+
+/// Server-side state of a connection, shared between its task and the shard
+/// (push delivery, sweeper). Only ever touched from the owning shard's thread.
+pub struct Conn {
+    pub id: u64,
+    pub user_id: u64,
+    out: RefCell<VecDeque<Bytes>>,
+    out_bytes: Cell<usize>,
+    waker: Cell<Option<Waker>>,
+    /// A close the server decided on (code, reason); sent after the queue drains.
+    close: Cell<Option<(u16, &'static str)>>,
+    /// Shard clock (seconds) of the last frame received.
+    last_seen: Cell<u32>,
+}
+
+impl Conn {
+    pub fn new(id: u64, user_id: u64, now: u32) -> Self {
+        Self {
+            id,
+            user_id,
+            out: RefCell::new(VecDeque::new()),
+            out_bytes: Cell::new(0),
+            waker: Cell::new(None),
+            close: Cell::new(None),
+            last_seen: Cell::new(now),
+        }
+    }
+
+    /// Queue a frame; false when the bound would be exceeded, in which case
+    /// the queue is dropped and the connection is closed with 1008.
+    pub fn enqueue(&self, frame: Bytes, limit: usize) -> bool {
+        if self.close.get().is_some() {
+            return false;
+        }
+        let total = self.out_bytes.get() + frame.len();
+        if total > limit {
+            self.out.borrow_mut().clear();
+            self.out_bytes.set(0);
+            self.request_close(close_code::POLICY, "outbound queue overflow: resync after reconnecting");
+            return false;
+        }
+        self.out_bytes.set(total);
+        self.out.borrow_mut().push_back(frame);
+        self.wake();
+        true
+    }
+
+    pub fn request_close(&self, code: u16, reason: &'static str) {
+        if self.close.get().is_none() {
+            self.close.set(Some((code, reason)));
+        }
+        self.wake();
+    }
+
+    pub fn last_seen(&self) -> u32 {
+        self.last_seen.get()
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn has_out(&self) -> bool {
+        !self.out.borrow().is_empty()
+    }
+
+    /// Drop `n` written bytes from the front of the queue.
+    fn advance(&self, mut n: usize) {
+        self.out_bytes.set(self.out_bytes.get().saturating_sub(n));
+        let mut q = self.out.borrow_mut();
+        while n > 0 {
+            let Some(front) = q.front_mut() else { break };
+            if front.len() <= n {
+                n -= front.len();
+                q.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+        if q.is_empty() && q.capacity() > 16 {
+            *q = VecDeque::new();
+        }
+    }
+}
+
+enum Event {
+    Data(usize),
+    Outbound,
+    Eof,
+    Failed(io::Error),
+}
+
+/// What reading a buffer of frames decided.
+enum Flow {
+    Continue,
+    /// We close: protocol violation or unsupported data (code, reason).
+    Close(u16, String),
+    /// The peer sent a close frame (its code, if any).
+    PeerClosed(Option<u16>),
+}
+
+const IOV_MAX_BATCH: usize = 64;
+
+/// Write as much of the queue as the socket takes, in one `sendmsg` per
+/// batch of frames; when the socket is full, wait for it through glommio.
+async fn flush(shard: &Shard, stream: &mut TcpStream, conn: &Conn) -> io::Result<()> {
+    let fd = stream.as_raw_fd();
+    loop {
+        let sent = {
+            let q = conn.out.borrow();
+            if q.is_empty() {
+                return Ok(());
+            }
+            let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOV_MAX_BATCH];
+            let mut count = 0;
+            for (slot, b) in iov.iter_mut().zip(q.iter()) {
+                *slot = libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() };
+                count += 1;
+            }
+            // SAFETY: msghdr is plain data; iov points at `count` live Bytes
+            // borrowed from the queue for the duration of the call.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = count;
+            let rc = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+            if rc >= 0 {
+                Ok(rc as usize)
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        };
+        match sent {
+            Ok(n) => {
+                shard.metrics.bytes_out.add(n as u64);
+                conn.advance(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Socket buffer full: let glommio park us until it is writable
+                // (bounded by the stream's write timeout).
+                let front = conn.out.borrow().front().cloned().expect("queue is non-empty");
+                let n = stream.write(&front).await?;
+                shard.metrics.bytes_out.add(n as u64);
+                conn.advance(n);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Decode and act on every complete message in `buf`; returns bytes consumed.
+fn process(shard: &Shard, conn: &Conn, decoder: &mut MessageDecoder, buf: &mut [u8]) -> (usize, Flow) {
+    let mut pos = 0;
+    loop {
+        let decoded = match decoder.decode(&mut buf[pos..]) {
+            Ok(Some(d)) => d,
+            Ok(None) => return (pos, Flow::Continue),
+            Err(e) => {
+                shard.metrics.protocol_errors.inc();
+                return (pos, Flow::Close(e.close_code(), e.to_string()));
+            }
+        };
+        pos += decoded.consumed;
+        let Some(message) = decoded.message else { continue };
+        match message {
+            Message::Text(text) => {
+                shard.metrics.frames_in.inc();
+                on_text(shard, conn, text);
+            }
+            Message::Binary(_) => {
+                shard.metrics.protocol_errors.inc();
+                return (pos, Flow::Close(close_code::UNSUPPORTED, "binary frames are not supported; send JSON text".into()));
+            }
+            Message::Ping(payload) => {
+                conn.enqueue(server_frame(OpCode::Pong, payload), shard.settings.outbound_queue_bytes);
+            }
+            Message::Pong(_) => {}
+            Message::Close(frame) => return (pos, Flow::PeerClosed(frame.map(|f| f.code))),
+        }
+    }
+}
+
+fn on_text(shard: &Shard, conn: &Conn, text: &mut [u8]) {
+    let origin = Origin { user_id: conn.user_id, gateway_id: &shard.gateway_id, shard: shard.index, conn_id: conn.id };
+    match inbound::handle_text(text, &origin, &shard.limits, gochat_common::new_trace_id) {
+        Inbound::Reply(json) => {
+            if json.as_ref() != inbound::PONG {
+                shard.metrics.client_errors.inc();
+            }
+            shard.metrics.frames_out.inc();
+            conn.enqueue(server_text(&json), shard.settings.outbound_queue_bytes);
+        }
+        Inbound::Upstream { key, payload, reference } => {
+            match shard.producer.try_send(inbound::UPSTREAM_TOPIC, key.as_bytes(), None, payload) {
+                Ok(()) => shard.metrics.upstream_records.inc(),
+                Err(e) => {
+                    shard.metrics.upstream_backpressure.inc();
+                    let json = inbound::error_json("server_busy", &format!("message not accepted, retry later: {e}"), reference.as_deref());
+                    conn.enqueue(server_text(&json), shard.settings.outbound_queue_bytes);
+                }
+            }
+        }
+    }
+}
+
+/// Drive one upgraded connection until it closes. `pending` holds bytes the
+/// client sent right behind its upgrade request.
+pub async fn run(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut pending: Vec<u8>) {
+    let mut decoder = MessageDecoder::new(shard.settings.max_frame_bytes, shard.settings.max_message_bytes);
+    let mut peer_closed: Option<Option<u16>> = None;
+    let mut flow = Flow::Continue;
+    if !pending.is_empty() {
+        let (used, f) = process(&shard, &conn, &mut decoder, &mut pending);
+        pending.drain(..used);
+        flow = f;
+    }
+    loop {
+        match flow {
+            Flow::Continue => {}
+            Flow::Close(code, ref reason) => {
+                debug!(conn_id = conn.id, code, reason = %reason, "closing connection");
+                // Replies already queued go out first, then the close frame.
+                conn.out.borrow_mut().push_back(close_frame(code, reason));
+                break;
+            }
+            Flow::PeerClosed(code) => {
+                peer_closed = Some(code);
+                break;
+            }
+        }
+        if conn.has_out() && flush(&shard, &mut stream, &conn).await.is_err() {
+            break;
+        }
+        if let Some((code, reason)) = conn.close.get() {
+            if code == close_code::POLICY {
+                shard.metrics.slow_reader_closes.inc();
+            }
+            flow = Flow::Close(code, reason.into());
+            continue;
+        }
+        let event = std::future::poll_fn(|cx| {
+            if conn.has_out() || conn.close.get().is_some() {
+                return Poll::Ready(Event::Outbound);
+            }
+            let mut scratch = shard.scratch.borrow_mut();
+            match Pin::new(&mut stream).poll_read(cx, &mut scratch[..]) {
+                Poll::Ready(Ok(0)) => Poll::Ready(Event::Eof),
+                Poll::Ready(Ok(n)) => Poll::Ready(Event::Data(n)),
+                Poll::Ready(Err(e)) => Poll::Ready(Event::Failed(e)),
+                Poll::Pending => {
+                    conn.waker.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+        conn.waker.take();
+        match event {
+            Event::Outbound => continue,
+            Event::Eof => return finish(&shard, &conn).await,
+            Event::Failed(e) => {
+                debug!(conn_id = conn.id, error = %e, "read failed");
+                return finish(&shard, &conn).await;
+            }
+            Event::Data(n) => {
+                shard.metrics.bytes_in.add(n as u64);
+                conn.last_seen.set(shard.clock());
+                // Nothing awaits between the read and here, so the shard
+                // buffer still holds exactly what this connection read.
+                let mut scratch = shard.scratch.borrow_mut();
+                if pending.is_empty() {
+                    let (used, f) = process(&shard, &conn, &mut decoder, &mut scratch[..n]);
+                    if used < n && matches!(f, Flow::Continue) {
+                        pending.extend_from_slice(&scratch[used..n]);
+                    }
+                    flow = f;
+                } else {
+                    pending.extend_from_slice(&scratch[..n]);
+                    drop(scratch);
+                    let (used, f) = process(&shard, &conn, &mut decoder, &mut pending);
+                    pending.drain(..used);
+                    if pending.is_empty() {
+                        pending = Vec::new(); // give the frame buffer back
+                    }
+                    flow = f;
+                }
+            }
+        }
+    }
+
+    // Close handshake.
+    if let Some(code) = peer_closed {
+        let echo = code.filter(|c| gochat_wscodec::is_valid_close_code(*c)).unwrap_or(close_code::NORMAL);
+        conn.out.borrow_mut().clear();
+        conn.out_bytes.set(0);
+        conn.out.borrow_mut().push_back(close_frame(echo, ""));
+        let _ = flush(&shard, &mut stream, &conn).await;
+    } else if flush(&shard, &mut stream, &conn).await.is_ok() {
+        // We initiated: stop writing, then give the peer a moment to answer
+        // with its close frame (or EOF) before dropping the socket.
+        let _ = stream.shutdown(std::net::Shutdown::Write).await;
+        let drain = async {
+            let mut sink = [0u8; 256];
+            loop {
+                match futures_lite::AsyncReadExt::read(&mut stream, &mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        };
+        futures_lite::future::or(drain, glommio::timer::sleep(Duration::from_secs(2))).await;
+    }
+    finish(&shard, &conn).await
+}
+
+/// Unregister the connection and tell logic it is gone.
+pub async fn finish(shard: &Shard, conn: &Conn) {
+    shard.conns.borrow_mut().remove(&conn.id);
+    shard.metrics.websockets.dec();
+    conn.out.borrow_mut().clear();
+    let ev = session_event(shard, conn.user_id, conn.id, session_event::Kind::Disconnect);
+    if let Err(e) = shard.producer.send(inbound::UPSTREAM_TOPIC, format!("u{}", conn.user_id).as_bytes(), None, ev).await {
+        tracing::warn!(conn_id = conn.id, user_id = conn.user_id, error = %e, "disconnect event not produced");
+    }
+    debug!(conn_id = conn.id, user_id = conn.user_id, "connection closed");
+}
+
+/// Encoded session event for this shard's connection.
+pub fn session_event(shard: &Shard, user_id: u64, conn_id: u64, event: session_event::Kind) -> Bytes {
+    let ev = SessionEvent {
+        kind: event as i32,
+        user_id,
+        conn: Some(ConnRef { gateway_id: shard.gateway_id.to_string(), shard: shard.index, conn_id }),
+        at_ms: gochat_common::now_ms(),
+    };
+    KafkaMessage::wrap(kind::SESSION, String::new(), ev).encode_to_vec().into()
+}

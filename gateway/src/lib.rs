@@ -1,0 +1,158 @@
+//! The connection tier of GoChat: WebSocket gateway shards, one glommio
+//! executor pinned per core, each with its own SO_REUSEPORT listener. A shard
+//! authenticates upgrades locally (JWT), validates client frames and produces
+//! them to `im.upstream`, and delivers the pushes of its own partition of
+//! `im.push.{gateway_id}` to its own connections, encoding each frame once.
+//!
+//! Invariants: no locks and no shared maps between shards; the gateway talks
+//! to the rest of the system only through the bus and the [`api::ApiBackend`]
+//! (never SQL, never the session store); every queue is bounded.
+
+pub mod api;
+pub mod conn;
+pub mod http;
+pub mod inbound;
+pub mod metrics;
+pub mod shard;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use gochat_common::auth::JwtKeys;
+use gochat_common::bus::{Consumer, Producer};
+use gochat_common::config::Config;
+use metrics::ShardMetrics;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tracing::info;
+
+/// What a shard needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub gateway_id: String,
+    pub shards: usize,
+    pub max_frame_bytes: usize,
+    pub max_message_bytes: usize,
+    pub max_content_bytes: usize,
+    pub outbound_queue_bytes: usize,
+    pub read_buffer_bytes: usize,
+    pub max_http_head_bytes: usize,
+    pub max_http_body_bytes: usize,
+    pub handshake_timeout_ms: u64,
+    pub idle_timeout_secs: u64,
+    pub write_timeout_ms: u64,
+    /// Sockets the whole process may hold (split evenly over shards).
+    pub max_connections: usize,
+}
+
+impl GatewaySettings {
+    /// Settings from config; `max_connections` 0 means: open-file limit minus reserve.
+    pub fn from_config(cfg: &Config, nofile: u64) -> Self {
+        let g = &cfg.gateway;
+        let max_connections = if g.max_connections > 0 {
+            g.max_connections
+        } else {
+            (nofile as usize).saturating_sub(g.fd_reserve).max(1)
+        };
+        Self {
+            gateway_id: g.id.clone(),
+            shards: cfg.effective_shards(),
+            max_frame_bytes: g.max_frame_bytes,
+            max_message_bytes: g.max_message_bytes,
+            max_content_bytes: cfg.logic.max_content_bytes,
+            outbound_queue_bytes: g.outbound_queue_bytes,
+            read_buffer_bytes: g.read_buffer_bytes,
+            max_http_head_bytes: g.max_http_head_bytes,
+            max_http_body_bytes: g.max_http_body_bytes,
+            handshake_timeout_ms: g.handshake_timeout_ms,
+            idle_timeout_secs: g.idle_timeout_secs,
+            write_timeout_ms: g.write_timeout_ms,
+            max_connections,
+        }
+    }
+}
+
+/// What the gateway is wired to.
+pub struct GatewayDeps {
+    pub producer: Arc<dyn Producer>,
+    /// One consumer per shard, of partition `i` of `im.push.{gateway_id}`.
+    pub push_consumers: Vec<Box<dyn Consumer>>,
+    pub jwt: JwtKeys,
+    pub api: Arc<dyn ApiBackend>,
+}
+
+pub use api::ApiBackend;
+
+/// Running shards.
+pub struct Gateway {
+    pub local_addr: SocketAddr,
+    pub metrics: Arc<Vec<Arc<ShardMetrics>>>,
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("need one push consumer per shard ({shards}), got {consumers}")]
+    Consumers { shards: usize, consumers: usize },
+    #[error("cannot start shard {shard}: {reason}")]
+    Executor { shard: usize, reason: String },
+}
+
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(4096)?;
+    Ok(sock)
+}
+
+impl Gateway {
+    /// Bind one SO_REUSEPORT listener per shard on `listen` (port 0 picks a
+    /// free port, shared by all shards) and start the shards. They run until
+    /// `shutdown` becomes true.
+    pub fn start(settings: GatewaySettings, listen: SocketAddr, deps: GatewayDeps, shutdown: watch::Receiver<bool>) -> Result<Self, GatewayError> {
+        let shards = settings.shards.max(1);
+        if deps.push_consumers.len() != shards {
+            return Err(GatewayError::Consumers { shards, consumers: deps.push_consumers.len() });
+        }
+        let first = bind_reuseport(listen).map_err(|source| GatewayError::Bind { addr: listen, source })?;
+        let local_addr = first.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(listen);
+        let mut listeners = vec![first];
+        for _ in 1..shards {
+            listeners.push(bind_reuseport(local_addr).map_err(|source| GatewayError::Bind { addr: local_addr, source })?);
+        }
+        let all_metrics: Arc<Vec<Arc<ShardMetrics>>> = Arc::new((0..shards).map(|_| Arc::new(ShardMetrics::default())).collect());
+        let per_shard_cap = (settings.max_connections / shards).max(1);
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let mut handles = Vec::with_capacity(shards);
+        for (i, (listener, push)) in listeners.into_iter().zip(deps.push_consumers).enumerate() {
+            let fd = listener.into_raw_fd();
+            let (settings, producer, jwt, api, metrics, shutdown) =
+                (settings.clone(), deps.producer.clone(), deps.jwt.clone(), deps.api.clone(), all_metrics.clone(), shutdown.clone());
+            let handle = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
+                .name(&format!("shard-{i}"))
+                .spawn(move || async move {
+                    // SAFETY: fd is a bound, listening socket whose ownership moved here.
+                    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+                    let shard = Rc::new(shard::Shard::new(i as u32, Rc::new(settings), producer, jwt, api, metrics, per_shard_cap));
+                    shard::run(shard, listener, push, shutdown).await;
+                })
+                .map_err(|e| GatewayError::Executor { shard: i, reason: e.to_string() })?;
+            handles.push(handle);
+        }
+        info!(addr = %local_addr, shards, max_connections = settings.max_connections, per_shard_cap, "gateway listening");
+        Ok(Self { local_addr, metrics: all_metrics, handles })
+    }
+
+    /// Wait for every shard to finish (after shutdown).
+    pub fn join(self) {
+        for h in self.handles {
+            let _ = h.join();
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! A shard: one glommio executor pinned to one core, with its own
+//! SO_REUSEPORT listener, its own connections, its own read buffer, its own
+//! push partition and its own metrics. Nothing here is shared with another
+//! shard; the connection that a shard accepts lives and dies on it.
+
+use crate::api::{is_hop_by_hop, ApiBackend, ApiRequest};
+use crate::conn::{self, Conn};
+use crate::http::{self, RequestHead};
+use crate::inbound::{InboundLimits, UPSTREAM_TOPIC};
+use crate::metrics::{self, ShardMetrics};
+use crate::GatewaySettings;
+use bytes::Bytes;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use gochat_common::auth::JwtKeys;
+use gochat_common::bus::{Consumer, Producer};
+use gochat_common::metrics::TextEncoder;
+use gochat_proto::bus::{session_event, KafkaMessage, Push};
+use gochat_proto::{kind, Message as _};
+use gochat_wscodec::{close_code, server_text};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+/// Everything one shard owns.
+pub struct Shard {
+    pub index: u32,
+    pub gateway_id: Rc<str>,
+    pub settings: Rc<GatewaySettings>,
+    pub limits: InboundLimits,
+    pub producer: Arc<dyn Producer>,
+    pub jwt: JwtKeys,
+    pub api: Arc<dyn ApiBackend>,
+    pub metrics: Arc<ShardMetrics>,
+    /// Every shard's metrics, read-only, for /metrics.
+    pub all_metrics: Arc<Vec<Arc<ShardMetrics>>>,
+    pub conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    /// Read buffer lent to whichever connection is reading right now.
+    pub scratch: RefCell<Box<[u8]>>,
+    next_conn_id: Cell<u64>,
+    /// Sockets open on this shard (HTTP and WebSocket), against `max_open`.
+    open: Cell<usize>,
+    max_open: usize,
+    started: Instant,
+}
+
+impl Shard {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        index: u32,
+        settings: Rc<GatewaySettings>,
+        producer: Arc<dyn Producer>,
+        jwt: JwtKeys,
+        api: Arc<dyn ApiBackend>,
+        all_metrics: Arc<Vec<Arc<ShardMetrics>>>,
+        max_open: usize,
+    ) -> Self {
+        // Connection ids never repeat across restarts: start from the clock.
+        let first_id = (gochat_common::now_ms() as u64) << 16;
+        Self {
+            index,
+            gateway_id: settings.gateway_id.as_str().into(),
+            limits: InboundLimits { max_content_bytes: settings.max_content_bytes },
+            scratch: RefCell::new(vec![0u8; settings.read_buffer_bytes].into_boxed_slice()),
+            settings,
+            producer,
+            jwt,
+            api,
+            metrics: all_metrics[index as usize].clone(),
+            all_metrics,
+            conns: RefCell::new(HashMap::new()),
+            next_conn_id: Cell::new(first_id),
+            open: Cell::new(0),
+            max_open,
+            started: Instant::now(),
+        }
+    }
+
+    /// Seconds since the shard started (cheap, coarse clock for idleness).
+    pub fn clock(&self) -> u32 {
+        self.started.elapsed().as_secs() as u32
+    }
+
+    fn next_conn_id(&self) -> u64 {
+        let id = self.next_conn_id.get();
+        self.next_conn_id.set(id + 1);
+        id
+    }
+}
+
+/// Accept until shutdown, then close every connection with 1001.
+pub async fn run(shard: Rc<Shard>, listener: TcpListener, push: Box<dyn Consumer>, mut shutdown: watch::Receiver<bool>) {
+    glommio::spawn_local(push_loop(shard.clone(), push)).detach();
+    glommio::spawn_local(idle_sweeper(shard.clone())).detach();
+    info!(shard = shard.index, max_connections = shard.max_open, "shard accepting");
+    let mut last_error_log: Option<Instant> = None;
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            let _ = shutdown.wait_for(|v| *v).await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                if shard.open.get() >= shard.max_open {
+                    shard.metrics.refused_at_capacity.inc();
+                    glommio::spawn_local(refuse(stream)).detach();
+                    continue;
+                }
+                shard.open.set(shard.open.get() + 1);
+                let s = shard.clone();
+                glommio::spawn_local(async move {
+                    serve(s.clone(), stream).await;
+                    s.open.set(s.open.get() - 1);
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                // EMFILE/ENFILE and friends: back off, never crash.
+                shard.metrics.accept_errors.inc();
+                if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                    warn!(shard = shard.index, error = %e, open = shard.open.get(), "accept failed; backing off");
+                    last_error_log = Some(Instant::now());
+                }
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+    let conns: Vec<Rc<Conn>> = shard.conns.borrow().values().cloned().collect();
+    info!(shard = shard.index, connections = conns.len(), "shard shutting down");
+    for c in &conns {
+        c.request_close(close_code::GOING_AWAY, "server shutting down");
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !shard.conns.borrow().is_empty() && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let body = http::error_response(503, "over_capacity", "connection limit reached; retry later", false);
+    let _ = futures_lite::future::or(async { stream.write_all(&body).await.ok() }, async {
+        glommio::timer::sleep(Duration::from_secs(1)).await;
+        None
+    })
+    .await;
+}
+
+/// Deliver pushes from this shard's partition: the frame is encoded once and
+/// the same bytes are queued to every local recipient.
+async fn push_loop(shard: Rc<Shard>, mut consumer: Box<dyn Consumer>) {
+    loop {
+        let batch = match consumer.next_batch(256).await {
+            Ok(b) => b,
+            Err(gochat_common::bus::BusError::Closed) => return,
+            Err(e) => {
+                warn!(shard = shard.index, error = %e, "push consume failed");
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        for rec in batch {
+            let push = KafkaMessage::decode(rec.payload)
+                .ok()
+                .filter(|env| env.kind() == kind::PUSH)
+                .and_then(|env| Push::decode(env.body).ok());
+            let Some(push) = push else {
+                warn!(shard = shard.index, offset = rec.offset, "undecodable push record skipped");
+                continue;
+            };
+            shard.metrics.pushes.inc();
+            let frame = server_text(&push.frame);
+            let conns = shard.conns.borrow();
+            for r in &push.recipients {
+                match conns.get(&r.conn_id) {
+                    Some(c) if c.user_id == r.user_id => {
+                        if c.enqueue(frame.clone(), shard.settings.outbound_queue_bytes) {
+                            shard.metrics.push_deliveries.inc();
+                            shard.metrics.frames_out.inc();
+                        }
+                    }
+                    _ => shard.metrics.push_recipients_gone.inc(),
+                }
+            }
+        }
+        if let Err(e) = consumer.commit().await {
+            warn!(shard = shard.index, error = %e, "push offset commit failed");
+        }
+    }
+}
+
+/// Close connections that have been silent longer than the idle timeout.
+async fn idle_sweeper(shard: Rc<Shard>) {
+    let timeout = shard.settings.idle_timeout_secs;
+    if timeout == 0 {
+        return;
+    }
+    let period = Duration::from_secs((timeout / 4).clamp(1, 30));
+    loop {
+        glommio::timer::sleep(period).await;
+        let now = shard.clock();
+        for c in shard.conns.borrow().values() {
+            if now.saturating_sub(c.last_seen()) as u64 >= timeout {
+                shard.metrics.idle_closes.inc();
+                c.request_close(close_code::GOING_AWAY, "idle timeout");
+            }
+        }
+    }
+}
+
+/// Read until a full request head is buffered (or the deadline passes).
+async fn read_head(shard: &Shard, stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<RequestHead>, Vec<u8>> {
+    let max = shard.settings.max_http_head_bytes;
+    let deadline = Duration::from_millis(shard.settings.handshake_timeout_ms);
+    let read = async {
+        loop {
+            match RequestHead::parse(buf, max) {
+                Ok(Some(h)) => return Ok(Some(h)),
+                Ok(None) => {}
+                Err(http::HttpError::HeadTooLarge(_)) => {
+                    return Err(http::error_response(431, "head_too_large", "request head too large", false))
+                }
+                Err(e) => return Err(http::error_response(400, "bad_request", &e.to_string(), false)),
+            }
+            let len = buf.len();
+            buf.resize(len + 2048, 0);
+            let n = stream.read(&mut buf[len..]).await.unwrap_or(0);
+            buf.truncate(len + n);
+            if n == 0 {
+                return Ok(None);
+            }
+        }
+    };
+    futures_lite::future::or(read, async {
+        glommio::timer::sleep(deadline).await;
+        Ok(None)
+    })
+    .await
+}
+
+/// One accepted socket: HTTP/1.1 requests until it upgrades or closes.
+async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(shard.settings.write_timeout_ms.max(1))));
+    shard.metrics.http_connections.inc();
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let upgraded = loop {
+        let head = match read_head(&shard, &mut stream, &mut buf).await {
+            Ok(Some(h)) => h,
+            Ok(None) => break None,
+            Err(response) => {
+                let _ = stream.write_all(&response).await;
+                break None;
+            }
+        };
+        if head.path() == "/ws" {
+            break Some(head);
+        }
+        shard.metrics.http_requests.inc();
+        let keep_alive = head.keep_alive();
+        let body_len = match head.content_length() {
+            Ok(n) if n <= shard.settings.max_http_body_bytes => n,
+            Ok(_) => {
+                let r = http::error_response(413, "body_too_large", "request body too large", false);
+                let _ = stream.write_all(&r).await;
+                break None;
+            }
+            Err(e) => {
+                let r = http::error_response(411, "length_required", &e.to_string(), false);
+                let _ = stream.write_all(&r).await;
+                break None;
+            }
+        };
+        while buf.len() < head.head_len + body_len {
+            let len = buf.len();
+            buf.resize(head.head_len + body_len, 0);
+            let n = stream.read(&mut buf[len..]).await.unwrap_or(0);
+            buf.truncate(len + n);
+            if n == 0 {
+                break;
+            }
+        }
+        if buf.len() < head.head_len + body_len {
+            break None;
+        }
+        let body = Bytes::copy_from_slice(&buf[head.head_len..head.head_len + body_len]);
+        buf.drain(..head.head_len + body_len);
+        let response = route(&shard, &head, body, keep_alive).await;
+        if stream.write_all(&response).await.is_err() || !keep_alive {
+            break None;
+        }
+    };
+    shard.metrics.http_connections.dec();
+    if let Some(head) = upgraded {
+        upgrade(shard, stream, head, buf).await;
+    }
+}
+
+/// Plain HTTP: health and metrics here, the rest forwarded to the tokio tier.
+async fn route(shard: &Shard, head: &RequestHead, body: Bytes, keep_alive: bool) -> Vec<u8> {
+    match (head.method.as_str(), head.path()) {
+        ("GET", "/healthz") => http::response(200, "text/plain; charset=utf-8", &[], b"ok\n", keep_alive),
+        ("GET", "/metrics") => {
+            let mut enc = TextEncoder::new();
+            metrics::render(&shard.gateway_id, &shard.all_metrics, &mut enc);
+            let mut text = enc.finish().into_bytes();
+            let tier = shard.api.call(ApiRequest { method: "GET".into(), target: "/metrics".into(), headers: vec![], body: Bytes::new() }).await;
+            if tier.status == 200 {
+                text.extend_from_slice(&tier.body);
+            }
+            http::response(200, "text/plain; version=0.0.4", &[], &text, keep_alive)
+        }
+        _ => {
+            let headers = head.headers.iter().filter(|(n, _)| !is_hop_by_hop(n)).cloned().collect();
+            let req = ApiRequest { method: head.method.clone(), target: head.target.clone(), headers, body };
+            let resp = shard.api.call(req).await;
+            http::response(resp.status, resp.content_type(), &resp.headers, &resp.body, keep_alive)
+        }
+    }
+}
+
+/// Authenticate and upgrade; then hand the socket to the connection loop.
+async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, mut buf: Vec<u8>) {
+    let accept = match http::websocket_accept(&head) {
+        Ok(a) => a,
+        Err(e) => {
+            shard.metrics.upgrades_rejected.inc();
+            let status = if e == http::UpgradeError::BadVersion { 426 } else { 400 };
+            let mut r = http::error_response(status, "bad_upgrade", &e.to_string(), false);
+            if status == 426 {
+                // Tell the client which version we speak.
+                let at = r.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
+                r.splice(at..at, b"\r\nSec-WebSocket-Version: 13".iter().copied());
+            }
+            let _ = stream.write_all(&r).await;
+            return;
+        }
+    };
+    let token = head.header("authorization").and_then(JwtKeys::bearer).map(str::to_owned).or_else(|| head.query_param("token"));
+    let user_id = match token.as_deref().map(|t| shard.jwt.verify(t)) {
+        Some(Ok(uid)) => uid,
+        Some(Err(e)) => return unauthorized(&shard, &mut stream, &e.to_string()).await,
+        None => return unauthorized(&shard, &mut stream, "missing token (Authorization: Bearer or ?token=)").await,
+    };
+    let conn_id = shard.next_conn_id();
+    // Registered before logic hears of it, so no push can miss it.
+    let conn = Rc::new(Conn::new(conn_id, user_id, shard.clock()));
+    shard.conns.borrow_mut().insert(conn_id, conn.clone());
+    // Register the session with logic before the client can send anything.
+    let ev = conn::session_event(&shard, user_id, conn_id, session_event::Kind::Connect);
+    if let Err(e) = shard.producer.send(UPSTREAM_TOPIC, format!("u{user_id}").as_bytes(), None, ev).await {
+        shard.conns.borrow_mut().remove(&conn_id);
+        warn!(shard = shard.index, error = %e, "connect event not produced; refusing upgrade");
+        let _ = stream.write_all(&http::error_response(503, "unavailable", "message bus unavailable", false)).await;
+        return;
+    }
+    shard.metrics.upgrades.inc();
+    shard.metrics.websockets.inc();
+    if stream.write_all(http::switching_protocols(&accept).as_slice()).await.is_err() {
+        conn::finish(&shard, &conn).await;
+        return;
+    }
+    debug!(shard = shard.index, conn_id, user_id, "websocket open");
+    // Bytes pipelined behind the request head belong to the WebSocket.
+    buf.drain(..head.head_len);
+    let pending = if buf.is_empty() { Vec::new() } else { buf };
+    conn::run(shard, stream, conn, pending).await;
+}
+
+async fn unauthorized(shard: &Shard, stream: &mut TcpStream, message: &str) {
+    shard.metrics.upgrades_unauthorized.inc();
+    let _ = stream.write_all(&http::error_response(401, "unauthorized", message, false)).await;
+}
