@@ -1,0 +1,264 @@
+//! End to end through a real `gochat dev` process: REST over HTTP, chat over
+//! real WebSockets, state in a real SQLite file.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::*;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use futures_util::SinkExt;
+
+#[tokio::test]
+async fn one_to_one_chat_end_to_end() {
+    let dir = temp_dir("e2e");
+    let srv = Server::start(&dir, 2);
+    let (alice, alice_tok) = srv.user("alice").await;
+    let (bob, bob_tok) = srv.user("bob").await;
+    let cid = conv_id(&alice, &bob);
+
+    let mut a1 = srv.connect(&alice_tok).await;
+    let mut a2 = srv.connect(&alice_tok).await;
+    let mut b1 = srv.connect(&bob_tok).await;
+    srv.wait_online(&alice_tok, &alice, 2).await;
+    srv.wait_online(&alice_tok, &bob, 1).await;
+
+    // send -> ack to the sending device, new-message to the peer and to alice's other device
+    send(&mut a1, text_msg("m-1", &bob, "hello bob")).await;
+    let ack = recv(&mut a1).await;
+    assert_eq!(ack["type"], "message-ack", "{ack}");
+    assert_eq!(ack["client_msg_id"], "m-1");
+    assert_eq!(ack["conversation_id"], cid.as_str());
+    assert_eq!(ack["seq"], 1);
+    let msg_id = ack["msg_id"].as_str().unwrap().to_owned();
+    assert!(msg_id.parse::<u64>().is_ok(), "ids are decimal strings");
+    for dev in [&mut b1, &mut a2] {
+        let m = recv(dev).await;
+        assert_eq!(m["type"], "new-message");
+        assert_eq!(m["msg_id"], msg_id.as_str());
+        assert_eq!(m["seq"], 1);
+        assert_eq!(m["sender_id"], alice.as_str());
+        assert_eq!(m["client_msg_id"], "m-1");
+        assert_eq!(m["content"], json!({"text": "hello bob"}));
+        assert!(m["ts"].as_i64().unwrap() > 1_700_000_000_000);
+    }
+
+    // a retry of the same client_msg_id: the same ack, no second message
+    send(&mut a1, text_msg("m-1", &bob, "hello bob")).await;
+    let again = recv(&mut a1).await;
+    assert_eq!(again, ack, "a retry gets the original ack");
+
+    // bob replies using the conversation id; alice's two devices get it
+    send(&mut b1, json!({"type":"send-message","client_msg_id":"b-1","conversation_id":cid,"content_type":"text","content":{"text":"hi alice"}})).await;
+    let back = recv(&mut b1).await;
+    assert_eq!(back["type"], "message-ack");
+    assert_eq!(back["seq"], 2, "the retry did not consume a seq");
+    for dev in [&mut a1, &mut a2] {
+        let m = recv(dev).await;
+        assert_eq!((m["type"].as_str(), m["seq"].as_u64(), m["sender_id"].as_str()), (Some("new-message"), Some(2), Some(bob.as_str())));
+    }
+    // bob's only device sent it, so bob gets no echo; nothing else is pending for bob
+    assert!(recv_within(&mut b1, Duration::from_millis(300)).await.is_none(), "no duplicate delivery to bob");
+
+    // 20 messages arrive in seq order, each exactly once
+    for i in 0..20 {
+        send(&mut a1, text_msg(&format!("burst-{i}"), &bob, &format!("n{i}"))).await;
+    }
+    let mut acked = Vec::new();
+    for _ in 0..20 {
+        let a = recv(&mut a1).await;
+        assert_eq!(a["type"], "message-ack");
+        acked.push(a["seq"].as_u64().unwrap());
+    }
+    assert_eq!(acked, (3..23).collect::<Vec<_>>());
+    for i in 0..20u64 {
+        let m = recv(&mut b1).await;
+        assert_eq!(m["seq"], 3 + i);
+        assert_eq!(m["content"]["text"], format!("n{i}"));
+    }
+    for _ in 0..20 {
+        recv(&mut a2).await;
+    }
+
+    // image and file metadata round-trip untouched
+    let image = json!({"url":"https://cdn.example/p.png","name":"p.png","size":2048,"mime":"image/png","width":640,"height":480});
+    let file = json!({"url":"https://cdn.example/r.pdf","name":"r.pdf","size":99,"mime":"application/pdf"});
+    send(&mut a1, json!({"type":"send-message","client_msg_id":"img","to_user_id":bob,"content_type":"image","content":image})).await;
+    send(&mut a1, json!({"type":"send-message","client_msg_id":"doc","to_user_id":bob,"content_type":"file","content":file})).await;
+    recv(&mut a1).await;
+    recv(&mut a1).await;
+    let (mi, mf) = (recv(&mut b1).await, recv(&mut b1).await);
+    assert_eq!((mi["content_type"].as_str(), &mi["content"]), (Some("image"), &image));
+    assert_eq!((mf["content_type"].as_str(), &mf["content"]), (Some("file"), &file));
+    recv(&mut a2).await;
+    recv(&mut a2).await;
+
+    // history over REST, paged
+    let (s, page) = srv.get(&format!("/api/v1/conversations/{cid}/messages?after_seq=0&limit=10"), &bob_tok).await;
+    assert_eq!(s, 200);
+    let seqs: Vec<u64> = page["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    assert_eq!(page["has_more"], true);
+    assert_eq!(page["messages"][0]["msg_id"], msg_id.as_str());
+    let (_, last) = srv.get(&format!("/api/v1/conversations/{cid}/messages?after_seq=20&limit=10"), &alice_tok).await;
+    let seqs: Vec<u64> = last["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![21, 22, 23, 24]);
+    assert_eq!(last["has_more"], false);
+    assert_eq!(last["messages"][3]["content"], file);
+
+    // sync over the WebSocket, paged
+    send(&mut b1, json!({"type":"sync","conversation_id":cid,"after_seq":5,"limit":3})).await;
+    let sr = recv(&mut b1).await;
+    assert_eq!(sr["type"], "sync-result");
+    assert_eq!(sr["conversation_id"], cid.as_str());
+    assert_eq!(sr["has_more"], true);
+    let seqs: Vec<u64> = sr["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![6, 7, 8]);
+    send(&mut b1, json!({"type":"sync","conversation_id":cid,"after_seq":22})).await;
+    let sr = recv(&mut b1).await;
+    assert_eq!((sr["messages"].as_array().unwrap().len(), &sr["has_more"]), (2, &json!(false)));
+
+    // a non-member is refused everywhere
+    let (_carol, carol_tok) = srv.user("carol").await;
+    let (s, err) = srv.get(&format!("/api/v1/conversations/{cid}/messages"), &carol_tok).await;
+    assert_eq!(s, 403);
+    assert_eq!(err["error"]["code"], "not_member");
+    let mut c1 = srv.connect(&carol_tok).await;
+    send(&mut c1, json!({"type":"sync","conversation_id":cid,"after_seq":0})).await;
+    let e = recv(&mut c1).await;
+    assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some("not_member")));
+    send(&mut c1, json!({"type":"send-message","client_msg_id":"x","conversation_id":cid,"content_type":"text","content":{"text":"intrude"}})).await;
+    let e = recv(&mut c1).await;
+    assert_eq!((e["code"].as_str(), e["ref"].as_str()), (Some("not_member"), Some("x")));
+    // sending to a user that does not exist
+    send(&mut c1, text_msg("ghost", "12345", "anyone?")).await;
+    let e = recv(&mut c1).await;
+    assert_eq!(e["code"], "unknown_user");
+
+    // malformed JSON gets an error frame and the connection stays usable
+    c1.send(Message::text("{\"type\": \"send-message\", oops")).await.unwrap();
+    let e = recv(&mut c1).await;
+    assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some("invalid_json")));
+    send(&mut c1, json!({"type":"ping"})).await;
+    assert_eq!(recv(&mut c1).await, json!({"type":"pong"}));
+
+    // an oversized frame is refused with 1009 (default limit 1 MiB)
+    let huge = "x".repeat((1 << 20) + 10);
+    c1.send(Message::text(huge)).await.unwrap();
+    assert_eq!(recv_close(&mut c1).await, CloseCode::Size);
+
+    // nothing leaked to bob from carol's attempts, and the server is healthy
+    assert!(recv_within(&mut b1, Duration::from_millis(200)).await.is_none());
+    let health = srv.http.get(srv.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = srv.http.get(srv.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    send(&mut a1, text_msg("after", &bob, "still alive")).await;
+    assert_eq!(recv(&mut a1).await["seq"], 25);
+    let stored = srv.metric("gochat_logic_messages_persisted_total").await;
+    assert_eq!(stored[0].1, 25.0, "exactly 25 messages stored");
+}
+
+#[tokio::test]
+async fn upgrade_without_valid_token_is_refused_with_401() {
+    let dir = temp_dir("auth");
+    let srv = Server::start(&dir, 1);
+    for url in [format!("ws://{}/ws", srv.addr), format!("ws://{}/ws?token=not-a-jwt", srv.addr)] {
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 401);
+                let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+                assert_eq!(body["error"]["code"], "unauthorized");
+            }
+            other => panic!("expected HTTP 401, got {:?}", other.map(|r| r.1.status())),
+        }
+    }
+    let unauth = srv.metric("gochat_gateway_upgrades_unauthorized_total").await;
+    assert_eq!(unauth.iter().map(|(_, v)| v).sum::<f64>(), 2.0);
+}
+
+#[tokio::test]
+async fn rest_errors_are_json_with_codes() {
+    let dir = temp_dir("rest");
+    let srv = Server::start(&dir, 1);
+    let post = |path: &str, body: Value| srv.http.post(srv.url(path)).json(&body).send();
+    let r = post("/api/v1/auth/register", json!({"username":"x","password":"correct-horse"})).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "invalid_username");
+    let r = post("/api/v1/auth/register", json!({"username":"dave","password":"short"})).await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "invalid_password");
+    srv.register("dave").await;
+    let r = post("/api/v1/auth/register", json!({"username":"DAVE","password":"correct-horse"})).await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "username_taken");
+    let r = post("/api/v1/auth/login", json!({"username":"dave","password":"wrong-horse"})).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "invalid_credentials");
+    let r = post("/api/v1/auth/login", json!({"username":"nobody","password":"wrong-horse"})).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = srv.http.post(srv.url("/api/v1/auth/login")).header("content-type", "application/json").body("{bad").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "invalid_json");
+    let r = srv.http.get(srv.url("/api/v1/users/me")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let token = srv.login("dave").await;
+    let (s, me) = srv.get("/api/v1/users/me", &token).await;
+    assert_eq!(s, 200);
+    assert_eq!((me["username"].as_str(), me["nickname"].as_str(), me["avatar_url"].as_str()), (Some("dave"), Some("dave nick"), Some("")));
+    let (s, e) = srv.get("/api/v1/nope", &token).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (404, Some("not_found")));
+    let (s, e) = srv.get("/api/v1/conversations/s_2_1/messages", &token).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_conversation")));
+}
+
+#[tokio::test]
+async fn connections_spread_over_shards() {
+    let dir = temp_dir("shards");
+    let srv = Server::start(&dir, 2);
+    let (_, tok) = srv.user("erin").await;
+    let mut conns = Vec::new();
+    for _ in 0..24 {
+        conns.push(srv.connect(&tok).await);
+    }
+    let per_shard = srv.metric("gochat_gateway_websockets{").await;
+    assert_eq!(per_shard.len(), 2, "{per_shard:?}");
+    assert_eq!(per_shard.iter().map(|(_, v)| v).sum::<f64>(), 24.0);
+    assert!(per_shard.iter().all(|(_, v)| *v > 0.0), "both shards hold connections: {per_shard:?}");
+    // each connection still works whatever shard it landed on
+    for ws in conns.iter_mut() {
+        send(ws, json!({"type":"ping"})).await;
+        assert_eq!(recv(ws).await["type"], "pong");
+    }
+}
+
+#[tokio::test]
+async fn restart_on_the_same_data_dir_keeps_users_history_and_dedup() {
+    let dir = temp_dir("restart");
+    let srv = Server::start(&dir, 1);
+    let (frank, frank_tok) = srv.user("frank").await;
+    let (grace, _) = srv.user("grace").await;
+    let mut f = srv.connect(&frank_tok).await;
+    let mut acks = Vec::new();
+    for i in 0..3 {
+        send(&mut f, text_msg(&format!("r-{i}"), &grace, "before restart")).await;
+        acks.push(recv(&mut f).await);
+    }
+    drop(f);
+    let status = srv.stop();
+    assert!(status.success(), "clean shutdown on SIGTERM: {status:?}");
+
+    let srv = Server::start(&dir, 1);
+    let frank_tok = srv.login("frank").await; // password hash survived
+    let cid = conv_id(&frank, &grace);
+    let (s, page) = srv.get(&format!("/api/v1/conversations/{cid}/messages"), &frank_tok).await;
+    assert_eq!(s, 200);
+    assert_eq!(page["messages"].as_array().unwrap().len(), 3);
+    let mut f = srv.connect(&frank_tok).await;
+    // the retry of an acked message is recognised from the database
+    send(&mut f, text_msg("r-2", &grace, "before restart")).await;
+    assert_eq!(recv(&mut f).await, acks[2]);
+    // seq allocation resumes from the stored maximum
+    send(&mut f, text_msg("r-3", &grace, "after restart")).await;
+    assert_eq!(recv(&mut f).await["seq"], 4);
+}

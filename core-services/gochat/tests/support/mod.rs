@@ -1,0 +1,209 @@
+//! Drives a real `gochat dev` process: spawned from the built binary on port
+//! 0, talked to with a real HTTP client and real WebSocket clients.
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub http: reqwest::Client,
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gochat-it-{name}-{}-{}", std::process::id(), gochat_common_now()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn gochat_common_now() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+impl Server {
+    pub fn start(data_dir: &Path, shards: usize) -> Self {
+        Self::start_with(data_dir, shards, &[])
+    }
+
+    /// Start `gochat dev` and wait for its "gochat ready" log line.
+    pub fn start_with(data_dir: &Path, shards: usize, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gochat"));
+        cmd.args(["dev", "--listen", "127.0.0.1:0", "--shards", &shards.to_string(), "--log-format", "json", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn gochat");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep draining so the server never blocks on a full pipe.
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("GOCHAT_TEST_LOGS").is_some() {
+                    eprintln!("[server] {line}");
+                }
+                if !sent {
+                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                        if v["message"] == "gochat ready" {
+                            let _ = tx.send(v["addr"].as_str().unwrap().to_owned());
+                            sent = true;
+                        }
+                    }
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(30)).expect("server did not report ready").parse().unwrap();
+        Server { child, addr, data_dir: data_dir.to_owned(), http: reqwest::Client::new() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not stop within 10s of SIGTERM");
+    }
+
+    pub async fn register(&self, username: &str) -> String {
+        let r = self
+            .http
+            .post(self.url("/api/v1/auth/register"))
+            .json(&json!({"username": username, "password": "correct-horse", "nickname": format!("{username} nick")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "register {username}");
+        let v: Value = r.json().await.unwrap();
+        v["user_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn login(&self, username: &str) -> String {
+        let r = self
+            .http
+            .post(self.url("/api/v1/auth/login"))
+            .json(&json!({"username": username, "password": "correct-horse"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "login {username}");
+        let v: Value = r.json().await.unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Register + login: (user_id, token).
+    pub async fn user(&self, username: &str) -> (String, String) {
+        let id = self.register(username).await;
+        (id, self.login(username).await)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).bearer_auth(token).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn connect(&self, token: &str) -> Ws {
+        let (ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws?token={token}", self.addr)).await.expect("ws connect");
+        assert_eq!(resp.status(), 101);
+        ws
+    }
+
+    /// Wait until logic has registered `n` live connections of `user_id`.
+    pub async fn wait_online(&self, token: &str, user_id: &str, n: u64) {
+        for _ in 0..200 {
+            let (s, v) = self.get(&format!("/api/v1/users/{user_id}/presence"), token).await;
+            assert_eq!(s, 200);
+            if v["connections"].as_u64() == Some(n) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("user {user_id} never had {n} connections");
+    }
+
+    pub async fn metric(&self, name: &str) -> Vec<(String, f64)> {
+        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+/// Next JSON text frame (control frames skipped), or panic after 10 s.
+pub async fn recv(ws: &mut Ws) -> Value {
+    recv_within(ws, Duration::from_secs(10)).await.expect("no frame within 10s")
+}
+
+pub async fn recv_within(ws: &mut Ws, within: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next()).await.ok()?;
+        match msg {
+            Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).expect("server sent invalid JSON")),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Wait for the close frame; returns its code.
+pub async fn recv_close(ws: &mut Ws) -> CloseCode {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("no close within 10s") {
+            Some(Ok(Message::Close(Some(f)))) => return f.code,
+            Some(Ok(Message::Close(None))) => return CloseCode::Status,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+pub fn text_msg(cmid: &str, to: &str, text: &str) -> Value {
+    json!({"type": "send-message", "client_msg_id": cmid, "to_user_id": to, "content_type": "text", "content": {"text": text}})
+}
+
+pub fn conv_id(a: &str, b: &str) -> String {
+    let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+    format!("s_{}_{}", a.min(b), a.max(b))
+}
