@@ -24,7 +24,11 @@ pub struct ApiResponse {
 
 impl ApiResponse {
     pub fn content_type(&self) -> &str {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.as_str()).unwrap_or("application/octet-stream")
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("application/octet-stream")
     }
 }
 
@@ -35,5 +39,8 @@ pub trait ApiBackend: Send + Sync + 'static {
 
 /// Headers that describe one hop, never forwarded.
 pub fn is_hop_by_hop(name: &str) -> bool {
-    matches!(name, "connection" | "keep-alive" | "upgrade" | "transfer-encoding" | "te" | "trailer" | "proxy-connection")
+    matches!(
+        name,
+        "connection" | "keep-alive" | "upgrade" | "transfer-encoding" | "te" | "trailer" | "proxy-connection"
+    )
 }

@@ -195,7 +195,10 @@ fn process(shard: &Shard, conn: &Conn, decoder: &mut MessageDecoder, buf: &mut [
             }
             Message::Binary(_) => {
                 shard.metrics.protocol_errors.inc();
-                return (pos, Flow::Close(close_code::UNSUPPORTED, "binary frames are not supported; send JSON text".into()));
+                return (
+                    pos,
+                    Flow::Close(close_code::UNSUPPORTED, "binary frames are not supported; send JSON text".into()),
+                );
             }
             Message::Ping(payload) => {
                 conn.enqueue(server_frame(OpCode::Pong, payload), shard.settings.outbound_queue_bytes);
@@ -221,7 +224,11 @@ fn on_text(shard: &Shard, conn: &Conn, text: &mut [u8]) {
                 Ok(()) => shard.metrics.upstream_records.inc(),
                 Err(e) => {
                     shard.metrics.upstream_backpressure.inc();
-                    let json = inbound::error_json("server_busy", &format!("message not accepted, retry later: {e}"), reference.as_deref());
+                    let json = inbound::error_json(
+                        "server_busy",
+                        &format!("message not accepted, retry later: {e}"),
+                        reference.as_deref(),
+                    );
                     conn.enqueue(server_text(&json), shard.settings.outbound_queue_bytes);
                 }
             }
@@ -316,36 +323,46 @@ pub async fn run(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut pe
 
     // Close handshake.
     if let Some(code) = peer_closed {
+        // Frames already queued (acks, replies) go out before our close reply.
         let echo = code.filter(|c| gochat_wscodec::is_valid_close_code(*c)).unwrap_or(close_code::NORMAL);
-        conn.out.borrow_mut().clear();
-        conn.out_bytes.set(0);
         conn.out.borrow_mut().push_back(close_frame(echo, ""));
         let _ = flush(&shard, &mut stream, &conn).await;
     } else if flush(&shard, &mut stream, &conn).await.is_ok() {
         // We initiated: stop writing, then give the peer a moment to answer
         // with its close frame (or EOF) before dropping the socket.
-        let _ = stream.shutdown(std::net::Shutdown::Write).await;
-        let drain = async {
-            let mut sink = [0u8; 256];
-            loop {
-                match futures_lite::AsyncReadExt::read(&mut stream, &mut sink).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        };
-        futures_lite::future::or(drain, glommio::timer::sleep(Duration::from_secs(2))).await;
+        // Boxed: the close phase's state must not enlarge the future every
+        // idle connection keeps parked.
+        Box::pin(linger(&mut stream)).await;
     }
     finish(&shard, &conn).await
+}
+
+/// After our close frame: stop writing and give the peer a moment to answer
+/// with its own close frame (or EOF) before the socket is dropped.
+async fn linger(stream: &mut TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let drain = async {
+        let mut sink = [0u8; 64];
+        loop {
+            match futures_lite::AsyncReadExt::read(stream, &mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    futures_lite::future::or(drain, glommio::timer::sleep(Duration::from_secs(2))).await;
 }
 
 /// Unregister the connection and tell logic it is gone.
 pub async fn finish(shard: &Shard, conn: &Conn) {
     shard.conns.borrow_mut().remove(&conn.id);
     shard.metrics.websockets.dec();
+    shard.release_slot();
     conn.out.borrow_mut().clear();
     let ev = session_event(shard, conn.user_id, conn.id, session_event::Kind::Disconnect);
-    if let Err(e) = shard.producer.send(inbound::UPSTREAM_TOPIC, format!("u{}", conn.user_id).as_bytes(), None, ev).await {
+    if let Err(e) =
+        shard.producer.send(inbound::UPSTREAM_TOPIC, format!("u{}", conn.user_id).as_bytes(), None, ev).await
+    {
         tracing::warn!(conn_id = conn.id, user_id = conn.user_id, error = %e, "disconnect event not produced");
     }
     debug!(conn_id = conn.id, user_id = conn.user_id, "connection closed");
@@ -360,4 +377,72 @@ pub fn session_event(shard: &Shard, user_id: u64, conn_id: u64, event: session_e
         at_ms: gochat_common::now_ms(),
     };
     KafkaMessage::wrap(kind::SESSION, String::new(), ev).encode_to_vec().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ApiBackend, ApiRequest, ApiResponse};
+    use crate::metrics::ShardMetrics;
+    use crate::GatewaySettings;
+    use futures_util::future::BoxFuture;
+    use std::sync::Arc;
+
+    struct NoApi;
+    impl ApiBackend for NoApi {
+        fn call(&self, _: ApiRequest) -> BoxFuture<'static, ApiResponse> {
+            Box::pin(async { ApiResponse { status: 404, headers: vec![], body: Bytes::new() } })
+        }
+    }
+
+    fn settings() -> GatewaySettings {
+        GatewaySettings {
+            gateway_id: "gw0".into(),
+            shards: 1,
+            max_frame_bytes: 1 << 20,
+            max_message_bytes: 1 << 20,
+            max_content_bytes: 1 << 16,
+            outbound_queue_bytes: 1 << 20,
+            read_buffer_bytes: 1 << 16,
+            max_http_head_bytes: 8192,
+            max_http_body_bytes: 1 << 20,
+            handshake_timeout_ms: 1000,
+            idle_timeout_secs: 0,
+            write_timeout_ms: 1000,
+            max_connections: 10,
+        }
+    }
+
+    /// What every idle connection keeps parked: the task's future and its
+    /// `Conn`. A regression here multiplies by a million sockets.
+    #[test]
+    fn idle_connection_state_stays_small() {
+        let sizes = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(|| async {
+                let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = listener.local_addr().unwrap();
+                let client = glommio::net::TcpStream::connect(addr).await.unwrap();
+                let server = listener.accept().await.unwrap();
+                let bus = gochat_common::bus::MemoryBus::new(4);
+                bus.create_topic("im.upstream", 1).unwrap();
+                let metrics = Arc::new(vec![Arc::new(ShardMetrics::default())]);
+                let jwt = gochat_common::auth::JwtKeys::new(&[7u8; 32], 60).unwrap();
+                let shard =
+                    Rc::new(Shard::new(0, Rc::new(settings()), bus.producer(), jwt, Arc::new(NoApi), metrics, 10));
+                let conn = Rc::new(Conn::new(1, 1, 0));
+                let fut = run(shard, server, conn.clone(), Vec::new());
+                let sizes =
+                    (std::mem::size_of_val(&fut), std::mem::size_of::<Conn>(), std::mem::size_of::<TcpStream>());
+                drop(fut);
+                drop(client);
+                sizes
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let (future, conn, stream) = sizes;
+        eprintln!("connection future {future} B, Conn {conn} B, TcpStream {stream} B");
+        assert!(future <= 640, "the parked connection future grew to {future} bytes");
+        assert!(conn <= 128, "Conn grew to {conn} bytes");
+    }
 }

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 
 /// A parsed request head. Only what routing and the upgrade need is kept.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct RequestHead {
     pub method: String,
     /// Path and query, as sent.
@@ -189,7 +189,13 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// A complete response with a body.
-pub fn response(status: u16, content_type: &str, extra_headers: &[(String, String)], body: &[u8], keep_alive: bool) -> Vec<u8> {
+pub fn response(
+    status: u16,
+    content_type: &str,
+    extra_headers: &[(String, String)],
+    body: &[u8],
+    keep_alive: bool,
+) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {}\r\n",
         reason(status),
@@ -197,7 +203,10 @@ pub fn response(status: u16, content_type: &str, extra_headers: &[(String, Strin
         if keep_alive { "keep-alive" } else { "close" }
     );
     for (k, v) in extra_headers {
-        if !k.eq_ignore_ascii_case("content-type") && !k.eq_ignore_ascii_case("content-length") && !k.eq_ignore_ascii_case("connection") {
+        if !k.eq_ignore_ascii_case("content-type")
+            && !k.eq_ignore_ascii_case("content-length")
+            && !k.eq_ignore_ascii_case("connection")
+        {
             out.push_str(k);
             out.push_str(": ");
             out.push_str(v);
@@ -245,16 +254,24 @@ mod tests {
     fn partial_oversized_and_malformed_heads() {
         assert_eq!(RequestHead::parse(&UPGRADE[..20], 8192), Ok(None));
         assert_eq!(RequestHead::parse(&UPGRADE[..60], 40), Err(HttpError::HeadTooLarge(40)));
-        assert!(matches!(RequestHead::parse(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", 8192), Err(HttpError::Malformed(_))));
+        assert!(matches!(
+            RequestHead::parse(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", 8192),
+            Err(HttpError::Malformed(_))
+        ));
     }
 
     #[test]
     fn upgrade_checks() {
         let h = |s: &str| RequestHead::parse(s.as_bytes(), 8192).unwrap().unwrap();
         assert_eq!(websocket_accept(&h("POST /ws HTTP/1.1\r\n\r\n")), Err(UpgradeError::NotGet));
-        assert_eq!(websocket_accept(&h("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n")), Err(UpgradeError::NotUpgrade));
         assert_eq!(
-            websocket_accept(&h("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Version: 8\r\n\r\n")),
+            websocket_accept(&h("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n")),
+            Err(UpgradeError::NotUpgrade)
+        );
+        assert_eq!(
+            websocket_accept(&h(
+                "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Version: 8\r\n\r\n"
+            )),
             Err(UpgradeError::BadVersion)
         );
         assert_eq!(

@@ -60,7 +60,12 @@ fn reply_error(code: &str, message: &str, reference: Option<&str>) -> Inbound {
 }
 
 /// Handle one text message (valid UTF-8, mutable for in-place parsing).
-pub fn handle_text(text: &mut [u8], origin: &Origin<'_>, limits: &InboundLimits, trace_id: impl FnOnce() -> String) -> Inbound {
+pub fn handle_text(
+    text: &mut [u8],
+    origin: &Origin<'_>,
+    limits: &InboundLimits,
+    trace_id: impl FnOnce() -> String,
+) -> Inbound {
     let value = match simd_json::to_borrowed_value(text) {
         Ok(v) => v,
         Err(e) => return reply_error("invalid_json", &format!("frame is not valid JSON: {e}"), None),
@@ -77,7 +82,12 @@ pub fn handle_text(text: &mut [u8], origin: &Origin<'_>, limits: &InboundLimits,
     }
 }
 
-fn send_message(v: &BorrowedValue<'_>, origin: &Origin<'_>, limits: &InboundLimits, trace_id: impl FnOnce() -> String) -> Inbound {
+fn send_message(
+    v: &BorrowedValue<'_>,
+    origin: &Origin<'_>,
+    limits: &InboundLimits,
+    trace_id: impl FnOnce() -> String,
+) -> Inbound {
     let cmid = match v.get("client_msg_id").and_then(|c| c.as_str()) {
         Some(c) if !c.is_empty() && c.len() <= MAX_CLIENT_MSG_ID => c,
         _ => return reply_error("invalid_message", "client_msg_id must be a string of 1-64 bytes", None),
@@ -150,8 +160,14 @@ fn validate_content(content_type: &str, c: &BorrowedValue<'_>) -> Result<(), &'s
             }
         }
         _ => {
-            if !non_empty_str(c, "url") || !non_empty_str(c, "name") || !non_empty_str(c, "mime") || c.get_u64("size").is_none() {
-                return Err("image/file content needs \"url\", \"name\", \"mime\" strings and a non-negative integer \"size\"");
+            if !non_empty_str(c, "url")
+                || !non_empty_str(c, "name")
+                || !non_empty_str(c, "mime")
+                || c.get_u64("size").is_none()
+            {
+                return Err(
+                    "image/file content needs \"url\", \"name\", \"mime\" strings and a non-negative integer \"size\"",
+                );
             }
             if content_type == "image" {
                 for dim in ["width", "height"] {
@@ -188,7 +204,13 @@ fn sync(v: &BorrowedValue<'_>, origin: &Origin<'_>, trace_id: impl FnOnce() -> S
         },
     };
     let key = cid.to_string();
-    let req = SyncRequest { user_id: origin.user_id, origin: Some(origin.conn_ref()), conversation_id: key.clone(), after_seq, limit };
+    let req = SyncRequest {
+        user_id: origin.user_id,
+        origin: Some(origin.conn_ref()),
+        conversation_id: key.clone(),
+        after_seq,
+        limit,
+    };
     let env = KafkaMessage::wrap(kind::SYNC, trace_id(), req);
     Inbound::Upstream { key, payload: env.encode_to_vec().into(), reference: Some(cid_str.to_owned()) }
 }
@@ -210,7 +232,9 @@ mod tests {
     }
     fn error_code(i: &Inbound) -> String {
         match i {
-            Inbound::Reply(b) => serde_json::from_slice::<serde_json::Value>(b).unwrap()["code"].as_str().unwrap_or("").to_owned(),
+            Inbound::Reply(b) => {
+                serde_json::from_slice::<serde_json::Value>(b).unwrap()["code"].as_str().unwrap_or("").to_owned()
+            }
             other => panic!("expected an error reply, got {other:?}"),
         }
     }
@@ -222,7 +246,9 @@ mod tests {
 
     #[test]
     fn send_to_user_becomes_an_upstream_record_keyed_by_conversation() {
-        let i = run(r#"{"type":"send-message","client_msg_id":"c-1","to_user_id":"3","content_type":"text","content":{"text":"héllo"}}"#);
+        let i = run(
+            r#"{"type":"send-message","client_msg_id":"c-1","to_user_id":"3","content_type":"text","content":{"text":"héllo"}}"#,
+        );
         let Inbound::Upstream { key, payload, reference } = i else { panic!("{i:?}") };
         assert_eq!(key, "s_3_5");
         assert_eq!(reference.as_deref(), Some("c-1"));
@@ -239,11 +265,17 @@ mod tests {
 
     #[test]
     fn file_and_image_metadata_validated() {
-        let ok = run(r#"{"type":"send-message","client_msg_id":"f","conversation_id":"s_5_9","content_type":"image","content":{"url":"u","name":"n","size":3,"mime":"image/png","width":2}}"#);
+        let ok = run(
+            r#"{"type":"send-message","client_msg_id":"f","conversation_id":"s_5_9","content_type":"image","content":{"url":"u","name":"n","size":3,"mime":"image/png","width":2}}"#,
+        );
         assert!(matches!(ok, Inbound::Upstream { .. }));
-        let bad = run(r#"{"type":"send-message","client_msg_id":"f","conversation_id":"s_5_9","content_type":"file","content":{"url":"u","name":"n","mime":"x"}}"#);
+        let bad = run(
+            r#"{"type":"send-message","client_msg_id":"f","conversation_id":"s_5_9","content_type":"file","content":{"url":"u","name":"n","mime":"x"}}"#,
+        );
         assert_eq!(error_code(&bad), "invalid_content");
-        let bad_dim = run(r#"{"type":"send-message","client_msg_id":"f","conversation_id":"s_5_9","content_type":"image","content":{"url":"u","name":"n","size":1,"mime":"x","height":-1}}"#);
+        let bad_dim = run(
+            r#"{"type":"send-message","client_msg_id":"f","conversation_id":"s_5_9","content_type":"image","content":{"url":"u","name":"n","size":1,"mime":"x","height":-1}}"#,
+        );
         assert_eq!(error_code(&bad_dim), "invalid_content");
     }
 
@@ -252,20 +284,36 @@ mod tests {
         assert_eq!(error_code(&run("{not json")), "invalid_json");
         assert_eq!(error_code(&run("[1,2]")), "invalid_message");
         assert_eq!(error_code(&run(r#"{"type":"dance"}"#)), "unknown_type");
-        assert_eq!(error_code(&run(r#"{"type":"send-message","to_user_id":"3","content_type":"text","content":{"text":"x"}}"#)), "invalid_message");
         assert_eq!(
-            error_code(&run(r#"{"type":"send-message","client_msg_id":"a","conversation_id":"s_1_2","content_type":"text","content":{"text":"x"}}"#)),
+            error_code(&run(
+                r#"{"type":"send-message","to_user_id":"3","content_type":"text","content":{"text":"x"}}"#
+            )),
+            "invalid_message"
+        );
+        assert_eq!(
+            error_code(&run(
+                r#"{"type":"send-message","client_msg_id":"a","conversation_id":"s_1_2","content_type":"text","content":{"text":"x"}}"#
+            )),
             "not_member"
         );
         assert_eq!(
-            error_code(&run(r#"{"type":"send-message","client_msg_id":"a","to_user_id":"5","content_type":"text","content":{"text":"x"}}"#)),
+            error_code(&run(
+                r#"{"type":"send-message","client_msg_id":"a","to_user_id":"5","content_type":"text","content":{"text":"x"}}"#
+            )),
             "invalid_conversation"
         );
         assert_eq!(
-            error_code(&run(r#"{"type":"send-message","client_msg_id":"a","to_user_id":"3","content_type":"text","content":{"text":"this text is far too long for the tiny test limit of 64 bytes"}}"#)),
+            error_code(&run(
+                r#"{"type":"send-message","client_msg_id":"a","to_user_id":"3","content_type":"text","content":{"text":"this text is far too long for the tiny test limit of 64 bytes"}}"#
+            )),
             "content_too_large"
         );
-        assert_eq!(error_code(&run(r#"{"type":"send-message","client_msg_id":"a","to_user_id":"3","content_type":"video","content":{}}"#)), "invalid_message");
+        assert_eq!(
+            error_code(&run(
+                r#"{"type":"send-message","client_msg_id":"a","to_user_id":"3","content_type":"video","content":{}}"#
+            )),
+            "invalid_message"
+        );
         assert_eq!(error_code(&run(r#"{"type":"sync","conversation_id":"s_2_1"}"#)), "invalid_conversation");
         assert_eq!(error_code(&run(r#"{"type":"sync","conversation_id":"s_1_5","after_seq":-3}"#)), "invalid_message");
     }

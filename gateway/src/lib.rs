@@ -115,7 +115,12 @@ impl Gateway {
     /// Bind one SO_REUSEPORT listener per shard on `listen` (port 0 picks a
     /// free port, shared by all shards) and start the shards. They run until
     /// `shutdown` becomes true.
-    pub fn start(settings: GatewaySettings, listen: SocketAddr, deps: GatewayDeps, shutdown: watch::Receiver<bool>) -> Result<Self, GatewayError> {
+    pub fn start(
+        settings: GatewaySettings,
+        listen: SocketAddr,
+        deps: GatewayDeps,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, GatewayError> {
         let shards = settings.shards.max(1);
         if deps.push_consumers.len() != shards {
             return Err(GatewayError::Consumers { shards, consumers: deps.push_consumers.len() });
@@ -124,22 +129,38 @@ impl Gateway {
         let local_addr = first.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(listen);
         let mut listeners = vec![first];
         for _ in 1..shards {
-            listeners.push(bind_reuseport(local_addr).map_err(|source| GatewayError::Bind { addr: local_addr, source })?);
+            listeners
+                .push(bind_reuseport(local_addr).map_err(|source| GatewayError::Bind { addr: local_addr, source })?);
         }
-        let all_metrics: Arc<Vec<Arc<ShardMetrics>>> = Arc::new((0..shards).map(|_| Arc::new(ShardMetrics::default())).collect());
+        let all_metrics: Arc<Vec<Arc<ShardMetrics>>> =
+            Arc::new((0..shards).map(|_| Arc::new(ShardMetrics::default())).collect());
         let per_shard_cap = (settings.max_connections / shards).max(1);
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let mut handles = Vec::with_capacity(shards);
         for (i, (listener, push)) in listeners.into_iter().zip(deps.push_consumers).enumerate() {
             let fd = listener.into_raw_fd();
-            let (settings, producer, jwt, api, metrics, shutdown) =
-                (settings.clone(), deps.producer.clone(), deps.jwt.clone(), deps.api.clone(), all_metrics.clone(), shutdown.clone());
+            let (settings, producer, jwt, api, metrics, shutdown) = (
+                settings.clone(),
+                deps.producer.clone(),
+                deps.jwt.clone(),
+                deps.api.clone(),
+                all_metrics.clone(),
+                shutdown.clone(),
+            );
             let handle = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
                 .name(&format!("shard-{i}"))
                 .spawn(move || async move {
                     // SAFETY: fd is a bound, listening socket whose ownership moved here.
                     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-                    let shard = Rc::new(shard::Shard::new(i as u32, Rc::new(settings), producer, jwt, api, metrics, per_shard_cap));
+                    let shard = Rc::new(shard::Shard::new(
+                        i as u32,
+                        Rc::new(settings),
+                        producer,
+                        jwt,
+                        api,
+                        metrics,
+                        per_shard_cap,
+                    ));
                     shard::run(shard, listener, push, shutdown).await;
                 })
                 .map_err(|e| GatewayError::Executor { shard: i, reason: e.to_string() })?;

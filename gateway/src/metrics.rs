@@ -35,25 +35,58 @@ pub fn render(gateway_id: &str, shards: &[std::sync::Arc<ShardMetrics>], enc: &m
     type Get = fn(&ShardMetrics) -> u64;
     let rows: &[(&str, &str, &str, Get)] = &[
         ("gochat_gateway_websockets", "gauge", "open WebSocket connections", |m| m.websockets.get()),
-        ("gochat_gateway_http_connections", "gauge", "open connections not (yet) upgraded", |m| m.http_connections.get()),
+        ("gochat_gateway_http_connections", "gauge", "open connections not (yet) upgraded", |m| {
+            m.http_connections.get()
+        }),
         ("gochat_gateway_upgrades_total", "counter", "successful WebSocket upgrades", |m| m.upgrades.get()),
-        ("gochat_gateway_upgrades_unauthorized_total", "counter", "upgrades refused with 401", |m| m.upgrades_unauthorized.get()),
-        ("gochat_gateway_upgrades_rejected_total", "counter", "malformed upgrades refused (400/426)", |m| m.upgrades_rejected.get()),
-        ("gochat_gateway_refused_at_capacity_total", "counter", "connections refused with 503 at the connection cap", |m| m.refused_at_capacity.get()),
+        ("gochat_gateway_upgrades_unauthorized_total", "counter", "upgrades refused with 401", |m| {
+            m.upgrades_unauthorized.get()
+        }),
+        ("gochat_gateway_upgrades_rejected_total", "counter", "malformed upgrades refused (400/426)", |m| {
+            m.upgrades_rejected.get()
+        }),
+        (
+            "gochat_gateway_refused_at_capacity_total",
+            "counter",
+            "connections refused with 503 at the connection cap",
+            |m| m.refused_at_capacity.get(),
+        ),
         ("gochat_gateway_accept_errors_total", "counter", "accept() failures (e.g. EMFILE)", |m| m.accept_errors.get()),
         ("gochat_gateway_frames_in_total", "counter", "WebSocket messages received", |m| m.frames_in.get()),
         ("gochat_gateway_frames_out_total", "counter", "WebSocket frames queued to clients", |m| m.frames_out.get()),
         ("gochat_gateway_bytes_in_total", "counter", "bytes read from WebSockets", |m| m.bytes_in.get()),
         ("gochat_gateway_bytes_out_total", "counter", "bytes written to WebSockets", |m| m.bytes_out.get()),
-        ("gochat_gateway_protocol_errors_total", "counter", "connections closed for a protocol violation", |m| m.protocol_errors.get()),
-        ("gochat_gateway_client_errors_total", "counter", "error frames sent for invalid client messages", |m| m.client_errors.get()),
-        ("gochat_gateway_upstream_records_total", "counter", "records produced to im.upstream", |m| m.upstream_records.get()),
-        ("gochat_gateway_upstream_backpressure_total", "counter", "client messages refused because the bus was full", |m| m.upstream_backpressure.get()),
+        ("gochat_gateway_protocol_errors_total", "counter", "connections closed for a protocol violation", |m| {
+            m.protocol_errors.get()
+        }),
+        ("gochat_gateway_client_errors_total", "counter", "error frames sent for invalid client messages", |m| {
+            m.client_errors.get()
+        }),
+        ("gochat_gateway_upstream_records_total", "counter", "records produced to im.upstream", |m| {
+            m.upstream_records.get()
+        }),
+        (
+            "gochat_gateway_upstream_backpressure_total",
+            "counter",
+            "client messages refused because the bus was full",
+            |m| m.upstream_backpressure.get(),
+        ),
         ("gochat_gateway_pushes_total", "counter", "push records consumed", |m| m.pushes.get()),
-        ("gochat_gateway_push_deliveries_total", "counter", "frames queued to recipients from pushes", |m| m.push_deliveries.get()),
-        ("gochat_gateway_push_recipients_gone_total", "counter", "push recipients no longer connected", |m| m.push_recipients_gone.get()),
-        ("gochat_gateway_slow_reader_closes_total", "counter", "connections closed (1008) for outbound queue overflow", |m| m.slow_reader_closes.get()),
-        ("gochat_gateway_idle_closes_total", "counter", "connections closed (1001) for idleness", |m| m.idle_closes.get()),
+        ("gochat_gateway_push_deliveries_total", "counter", "frames queued to recipients from pushes", |m| {
+            m.push_deliveries.get()
+        }),
+        ("gochat_gateway_push_recipients_gone_total", "counter", "push recipients no longer connected", |m| {
+            m.push_recipients_gone.get()
+        }),
+        (
+            "gochat_gateway_slow_reader_closes_total",
+            "counter",
+            "connections closed (1008) for outbound queue overflow",
+            |m| m.slow_reader_closes.get(),
+        ),
+        ("gochat_gateway_idle_closes_total", "counter", "connections closed (1001) for idleness", |m| {
+            m.idle_closes.get()
+        }),
         ("gochat_gateway_http_requests_total", "counter", "plain HTTP requests served", |m| m.http_requests.get()),
     ];
     for (name, kind, help, get) in rows {

@@ -85,6 +85,11 @@ impl Shard {
         self.started.elapsed().as_secs() as u32
     }
 
+    /// A socket counted against `max_open` closed.
+    pub fn release_slot(&self) {
+        self.open.set(self.open.get().saturating_sub(1));
+    }
+
     fn next_conn_id(&self) -> u64 {
         let id = self.next_conn_id.get();
         self.next_conn_id.set(id + 1);
@@ -93,7 +98,12 @@ impl Shard {
 }
 
 /// Accept until shutdown, then close every connection with 1001.
-pub async fn run(shard: Rc<Shard>, listener: TcpListener, push: Box<dyn Consumer>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    push: Box<dyn Consumer>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     glommio::spawn_local(push_loop(shard.clone(), push)).detach();
     glommio::spawn_local(idle_sweeper(shard.clone())).detach();
     info!(shard = shard.index, max_connections = shard.max_open, "shard accepting");
@@ -115,8 +125,11 @@ pub async fn run(shard: Rc<Shard>, listener: TcpListener, push: Box<dyn Consumer
                 shard.open.set(shard.open.get() + 1);
                 let s = shard.clone();
                 glommio::spawn_local(async move {
-                    serve(s.clone(), stream).await;
-                    s.open.set(s.open.get() - 1);
+                    // An upgraded socket lives on in its own task and releases
+                    // its slot when it closes (conn::finish).
+                    if !serve(s.clone(), stream).await {
+                        s.release_slot();
+                    }
                 })
                 .detach();
             }
@@ -245,7 +258,8 @@ async fn read_head(shard: &Shard, stream: &mut TcpStream, buf: &mut Vec<u8>) -> 
 }
 
 /// One accepted socket: HTTP/1.1 requests until it upgrades or closes.
-async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+/// Returns true when the socket became a WebSocket (now owned by its own task).
+async fn serve(shard: Rc<Shard>, mut stream: TcpStream) -> bool {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(Duration::from_millis(shard.settings.write_timeout_ms.max(1))));
     shard.metrics.http_connections.inc();
@@ -297,8 +311,9 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         }
     };
     shard.metrics.http_connections.dec();
-    if let Some(head) = upgraded {
-        upgrade(shard, stream, head, buf).await;
+    match upgraded {
+        Some(head) => upgrade(shard, stream, head, buf).await,
+        None => false,
     }
 }
 
@@ -310,7 +325,15 @@ async fn route(shard: &Shard, head: &RequestHead, body: Bytes, keep_alive: bool)
             let mut enc = TextEncoder::new();
             metrics::render(&shard.gateway_id, &shard.all_metrics, &mut enc);
             let mut text = enc.finish().into_bytes();
-            let tier = shard.api.call(ApiRequest { method: "GET".into(), target: "/metrics".into(), headers: vec![], body: Bytes::new() }).await;
+            let tier = shard
+                .api
+                .call(ApiRequest {
+                    method: "GET".into(),
+                    target: "/metrics".into(),
+                    headers: vec![],
+                    body: Bytes::new(),
+                })
+                .await;
             if tier.status == 200 {
                 text.extend_from_slice(&tier.body);
             }
@@ -326,7 +349,7 @@ async fn route(shard: &Shard, head: &RequestHead, body: Bytes, keep_alive: bool)
 }
 
 /// Authenticate and upgrade; then hand the socket to the connection loop.
-async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, mut buf: Vec<u8>) {
+async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, mut buf: Vec<u8>) -> bool {
     let accept = match http::websocket_accept(&head) {
         Ok(a) => a,
         Err(e) => {
@@ -339,14 +362,21 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, mut
                 r.splice(at..at, b"\r\nSec-WebSocket-Version: 13".iter().copied());
             }
             let _ = stream.write_all(&r).await;
-            return;
+            return false;
         }
     };
-    let token = head.header("authorization").and_then(JwtKeys::bearer).map(str::to_owned).or_else(|| head.query_param("token"));
+    let token =
+        head.header("authorization").and_then(JwtKeys::bearer).map(str::to_owned).or_else(|| head.query_param("token"));
     let user_id = match token.as_deref().map(|t| shard.jwt.verify(t)) {
         Some(Ok(uid)) => uid,
-        Some(Err(e)) => return unauthorized(&shard, &mut stream, &e.to_string()).await,
-        None => return unauthorized(&shard, &mut stream, "missing token (Authorization: Bearer or ?token=)").await,
+        Some(Err(e)) => {
+            unauthorized(&shard, &mut stream, &e.to_string()).await;
+            return false;
+        }
+        None => {
+            unauthorized(&shard, &mut stream, "missing token (Authorization: Bearer or ?token=)").await;
+            return false;
+        }
     };
     let conn_id = shard.next_conn_id();
     // Registered before logic hears of it, so no push can miss it.
@@ -358,19 +388,27 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, mut
         shard.conns.borrow_mut().remove(&conn_id);
         warn!(shard = shard.index, error = %e, "connect event not produced; refusing upgrade");
         let _ = stream.write_all(&http::error_response(503, "unavailable", "message bus unavailable", false)).await;
-        return;
+        return false;
     }
     shard.metrics.upgrades.inc();
     shard.metrics.websockets.inc();
     if stream.write_all(http::switching_protocols(&accept).as_slice()).await.is_err() {
-        conn::finish(&shard, &conn).await;
-        return;
+        conn::finish(&shard, &conn).await; // releases the slot
+        return true;
     }
     debug!(shard = shard.index, conn_id, user_id, "websocket open");
     // Bytes pipelined behind the request head belong to the WebSocket.
     buf.drain(..head.head_len);
-    let pending = if buf.is_empty() { Vec::new() } else { buf };
-    conn::run(shard, stream, conn, pending).await;
+    let pending = if buf.is_empty() {
+        drop(buf);
+        Vec::new()
+    } else {
+        buf
+    };
+    // The connection gets a task of its own, sized for the WebSocket loop
+    // only: everything the handshake needed is freed with this task.
+    glommio::spawn_local(conn::run(shard, stream, conn, pending)).detach();
+    true
 }
 
 async fn unauthorized(shard: &Shard, stream: &mut TcpStream, message: &str) {

@@ -81,12 +81,11 @@ impl JwtKeys {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
-            match e.kind() {
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid,
-            }
-        })?;
+            })?;
         data.claims.sub.parse().map_err(|_| AuthError::Invalid)
     }
 
@@ -128,7 +127,8 @@ mod tests {
         // exp in the past beyond leeway
         let past = (crate::now_ms() / 1000) as u64 - 120;
         let claims = Claims { sub: "7".into(), iss: ISSUER.into(), iat: past - 10, exp: past };
-        let old = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET)).unwrap();
+        let old =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET)).unwrap();
         assert_eq!(keys.verify(&old), Err(AuthError::Expired));
     }
 

@@ -148,12 +148,11 @@ impl MemoryBus {
             .partitions
             .get(partition as usize)
             .ok_or_else(|| BusError::UnknownPartition { topic: topic.into(), partition })?;
-        let rx = p
-            .rx
-            .lock()
-            .expect("bus lock")
-            .take()
-            .ok_or_else(|| BusError::AlreadyAssigned { topic: topic.into(), partition })?;
+        let rx =
+            p.rx.lock()
+                .expect("bus lock")
+                .take()
+                .ok_or_else(|| BusError::AlreadyAssigned { topic: topic.into(), partition })?;
         Ok(Box::new(MemConsumer { receivers: vec![rx], next: 0 }))
     }
 
@@ -163,12 +162,11 @@ impl MemoryBus {
         let t = self.topic(topic)?;
         let mut receivers = Vec::with_capacity(t.partitions.len());
         for (i, p) in t.partitions.iter().enumerate() {
-            let rx = p
-                .rx
-                .lock()
-                .expect("bus lock")
-                .take()
-                .ok_or_else(|| BusError::AlreadyAssigned { topic: topic.into(), partition: i as u32 })?;
+            let rx =
+                p.rx.lock()
+                    .expect("bus lock")
+                    .take()
+                    .ok_or_else(|| BusError::AlreadyAssigned { topic: topic.into(), partition: i as u32 })?;
             receivers.push(rx);
         }
         Ok(Box::new(MemConsumer { receivers, next: 0 }))
@@ -324,12 +322,18 @@ mod tests {
         producer.try_send("push", b"", Some(1), Bytes::from_static(b"a")).unwrap();
         producer.try_send("push", b"", Some(1), Bytes::from_static(b"b")).unwrap();
         assert_eq!(producer.try_send("push", b"", Some(1), Bytes::from_static(b"c")), Err(BusError::QueueFull));
-        assert!(matches!(producer.try_send("push", b"", Some(2), Bytes::new()), Err(BusError::UnknownPartition { .. })));
+        assert!(matches!(
+            producer.try_send("push", b"", Some(2), Bytes::new()),
+            Err(BusError::UnknownPartition { .. })
+        ));
         assert!(matches!(producer.try_send("nope", b"", None, Bytes::new()), Err(BusError::UnknownTopic(_))));
         let mut c1 = bus.assign("push", 1).unwrap();
         assert!(matches!(bus.assign("push", 1), Err(BusError::AlreadyAssigned { .. })));
         let batch = c1.next_batch(10).await.unwrap();
-        assert_eq!(batch.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(), vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+        assert_eq!(
+            batch.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(),
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+        );
         assert_eq!(batch[1].offset, 1);
     }
 }

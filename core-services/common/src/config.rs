@@ -212,7 +212,8 @@ impl Config {
         if self.worker_id > crate::ids::MAX_WORKER {
             return bad("worker_id must be 0..=1023");
         }
-        if self.gateway.max_frame_bytes < 126 || self.gateway.max_message_bytes < self.gateway.max_frame_bytes.min(1024) {
+        if self.gateway.max_frame_bytes < 126 || self.gateway.max_message_bytes < self.gateway.max_frame_bytes.min(1024)
+        {
             return bad("gateway.max_frame_bytes must be >= 126 and max_message_bytes >= 1024");
         }
         if self.gateway.read_buffer_bytes < 1024 {
@@ -227,7 +228,9 @@ impl Config {
         if !matches!(self.storage.sqlite_synchronous.as_str(), "normal" | "full") {
             return bad("storage.sqlite_synchronous must be \"normal\" or \"full\"");
         }
-        if !self.gateway.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || self.gateway.id.is_empty() {
+        if !self.gateway.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || self.gateway.id.is_empty()
+        {
             return bad("gateway.id must be non-empty [A-Za-z0-9_-]");
         }
         Ok(())

@@ -94,7 +94,21 @@ mod tests {
         }
         assert_eq!(ConversationId::parse("s_2_1"), Err(ConvIdError::NotCanonical));
         assert_eq!(ConversationId::parse("s_2_2"), Err(ConvIdError::NotCanonical));
-        for bad in ["", "s_", "s_1", "s_1_", "s__2", "s_01_2", "s_+1_2", "g_", "g_x", "x_1_2", "s_1_2_3", "g_18446744073709551616", " s_1_2"] {
+        for bad in [
+            "",
+            "s_",
+            "s_1",
+            "s_1_",
+            "s__2",
+            "s_01_2",
+            "s_+1_2",
+            "g_",
+            "g_x",
+            "x_1_2",
+            "s_1_2_3",
+            "g_18446744073709551616",
+            " s_1_2",
+        ] {
             assert_eq!(ConversationId::parse(bad), Err(ConvIdError::Malformed), "{bad:?}");
         }
     }

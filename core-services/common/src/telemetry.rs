@@ -46,6 +46,8 @@ pub fn init(format: LogFormat, filter: &str) {
 }
 
 /// The process's open-file limit (soft, hard): every socket costs one.
+// rlim_t is not u64 on every target.
+#[allow(clippy::unnecessary_cast)]
 pub fn nofile_limit() -> (u64, u64) {
     let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the struct we own.
@@ -57,6 +59,7 @@ pub fn nofile_limit() -> (u64, u64) {
 }
 
 /// Raise the soft open-file limit to the hard limit; returns the new soft limit.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_nofile_limit() -> u64 {
     let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: plain libc calls on a struct we own.

@@ -68,10 +68,21 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let (soft, hard) = telemetry::nofile_limit();
     let raised = telemetry::raise_nofile_limit();
     let shards = cfg.effective_shards();
-    info!(nofile_soft = soft, nofile_hard = hard, nofile_now = raised, shards, version = env!("CARGO_PKG_VERSION"), "starting gochat dev");
+    info!(
+        nofile_soft = soft,
+        nofile_hard = hard,
+        nofile_now = raised,
+        shards,
+        version = env!("CARGO_PKG_VERSION"),
+        "starting gochat dev"
+    );
     let settings = GatewaySettings::from_config(&cfg, raised);
     if raised < 100_000 {
-        info!(nofile = raised, max_connections = settings.max_connections, "open-file limit caps connections; raise nofile for more (docs/operations.md)");
+        info!(
+            nofile = raised,
+            max_connections = settings.max_connections,
+            "open-file limit caps connections; raise nofile for more (docs/operations.md)"
+        );
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("tokio-tier").build()?;
@@ -93,8 +104,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let logic_task = tokio::spawn(logic.clone().run(bus.subscribe_all(topics::UPSTREAM)?, shutdown_rx.clone()));
 
-        let api = Arc::new(TokioApi::new(router(ApiState { logic, jwt: jwt.clone() }), tokio::runtime::Handle::current()));
-        let push_consumers = (0..shards as u32).map(|p| push_bus.assign(&push_topic, p)).collect::<Result<Vec<_>, _>>()?;
+        let api =
+            Arc::new(TokioApi::new(router(ApiState { logic, jwt: jwt.clone() }), tokio::runtime::Handle::current()));
+        let push_consumers =
+            (0..shards as u32).map(|p| push_bus.assign(&push_topic, p)).collect::<Result<Vec<_>, _>>()?;
         let deps = GatewayDeps { producer: bus.producer(), push_consumers, jwt, api };
         let gateway = Gateway::start(settings, cfg.listen, deps, shutdown_rx)?;
         info!(addr = %gateway.local_addr, url = %format!("http://{}", gateway.local_addr), shards, "gochat ready");

@@ -3,12 +3,12 @@
 
 mod support;
 
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use std::time::Duration;
 use support::*;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use futures_util::SinkExt;
 
 #[tokio::test]
 async fn one_to_one_chat_end_to_end() {
@@ -56,7 +56,10 @@ async fn one_to_one_chat_end_to_end() {
     assert_eq!(back["seq"], 2, "the retry did not consume a seq");
     for dev in [&mut a1, &mut a2] {
         let m = recv(dev).await;
-        assert_eq!((m["type"].as_str(), m["seq"].as_u64(), m["sender_id"].as_str()), (Some("new-message"), Some(2), Some(bob.as_str())));
+        assert_eq!(
+            (m["type"].as_str(), m["seq"].as_u64(), m["sender_id"].as_str()),
+            (Some("new-message"), Some(2), Some(bob.as_str()))
+        );
     }
     // bob's only device sent it, so bob gets no echo; nothing else is pending for bob
     assert!(recv_within(&mut b1, Duration::from_millis(300)).await.is_none(), "no duplicate delivery to bob");
@@ -84,8 +87,16 @@ async fn one_to_one_chat_end_to_end() {
     // image and file metadata round-trip untouched
     let image = json!({"url":"https://cdn.example/p.png","name":"p.png","size":2048,"mime":"image/png","width":640,"height":480});
     let file = json!({"url":"https://cdn.example/r.pdf","name":"r.pdf","size":99,"mime":"application/pdf"});
-    send(&mut a1, json!({"type":"send-message","client_msg_id":"img","to_user_id":bob,"content_type":"image","content":image})).await;
-    send(&mut a1, json!({"type":"send-message","client_msg_id":"doc","to_user_id":bob,"content_type":"file","content":file})).await;
+    send(
+        &mut a1,
+        json!({"type":"send-message","client_msg_id":"img","to_user_id":bob,"content_type":"image","content":image}),
+    )
+    .await;
+    send(
+        &mut a1,
+        json!({"type":"send-message","client_msg_id":"doc","to_user_id":bob,"content_type":"file","content":file}),
+    )
+    .await;
     recv(&mut a1).await;
     recv(&mut a1).await;
     let (mi, mf) = (recv(&mut b1).await, recv(&mut b1).await);
@@ -197,7 +208,14 @@ async fn rest_errors_are_json_with_codes() {
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "invalid_credentials");
     let r = post("/api/v1/auth/login", json!({"username":"nobody","password":"wrong-horse"})).await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = srv.http.post(srv.url("/api/v1/auth/login")).header("content-type", "application/json").body("{bad").send().await.unwrap();
+    let r = srv
+        .http
+        .post(srv.url("/api/v1/auth/login"))
+        .header("content-type", "application/json")
+        .body("{bad")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "invalid_json");
     let r = srv.http.get(srv.url("/api/v1/users/me")).send().await.unwrap();
@@ -205,7 +223,10 @@ async fn rest_errors_are_json_with_codes() {
     let token = srv.login("dave").await;
     let (s, me) = srv.get("/api/v1/users/me", &token).await;
     assert_eq!(s, 200);
-    assert_eq!((me["username"].as_str(), me["nickname"].as_str(), me["avatar_url"].as_str()), (Some("dave"), Some("dave nick"), Some("")));
+    assert_eq!(
+        (me["username"].as_str(), me["nickname"].as_str(), me["avatar_url"].as_str()),
+        (Some("dave"), Some("dave nick"), Some(""))
+    );
     let (s, e) = srv.get("/api/v1/nope", &token).await;
     assert_eq!((s, e["error"]["code"].as_str()), (404, Some("not_found")));
     let (s, e) = srv.get("/api/v1/conversations/s_2_1/messages", &token).await;

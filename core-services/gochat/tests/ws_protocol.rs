@@ -75,7 +75,10 @@ impl RawWs {
                 continue;
             }
             let mut chunk = vec![0u8; 64 << 10];
-            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk)).await.expect("timeout").unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+                .await
+                .expect("timeout")
+                .unwrap();
             assert!(n > 0, "server closed without a close frame");
             self.buf.extend_from_slice(&chunk[..n]);
         }
@@ -84,7 +87,10 @@ impl RawWs {
     /// After a close frame the server ends the TCP connection.
     async fn expect_eof(&mut self) {
         let mut chunk = [0u8; 64];
-        let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk)).await.expect("no EOF").unwrap_or(0);
+        let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
+            .await
+            .expect("no EOF")
+            .unwrap_or(0);
         assert_eq!(n, 0);
     }
 }

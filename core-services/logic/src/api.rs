@@ -67,9 +67,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Self(v)),
-            Err(JsonRejection::MissingJsonContentType(_)) => {
-                Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "expected Content-Type: application/json"))
-            }
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/json",
+            )),
             Err(e) => Err(ApiError::bad_request("invalid_json", e.body_text())),
         }
     }
@@ -155,7 +157,9 @@ async fn register(State(st): State<ApiState>, ApiJson(body): ApiJson<RegisterBod
     };
     match st.logic.store.create_user(&user).await {
         Ok(()) => {}
-        Err(RepoError::UsernameTaken) => return Err(ApiError::new(StatusCode::CONFLICT, "username_taken", "username is taken")),
+        Err(RepoError::UsernameTaken) => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "username_taken", "username is taken"))
+        }
         Err(e) => return Err(e.into()),
     }
     info!(user_id = user.id, "user registered");
@@ -187,20 +191,23 @@ async fn login(State(st): State<ApiState>, ApiJson(body): ApiJson<LoginBody>) ->
 }
 
 async fn me(State(st): State<ApiState>, AuthUser(uid): AuthUser) -> Result<Response, ApiError> {
-    let u = st
-        .logic
-        .store
-        .user_by_id(uid)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the token's user no longer exists"))?;
+    let u =
+        st.logic.store.user_by_id(uid).await?.ok_or_else(|| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the token's user no longer exists")
+        })?;
     Ok(Json(json!({"user_id": u.id.to_string(), "username": u.username, "nickname": u.nickname, "avatar_url": u.avatar_url}))
         .into_response())
 }
 
-async fn presence(State(st): State<ApiState>, AuthUser(_): AuthUser, Path(uid): Path<String>) -> Result<Response, ApiError> {
+async fn presence(
+    State(st): State<ApiState>,
+    AuthUser(_): AuthUser,
+    Path(uid): Path<String>,
+) -> Result<Response, ApiError> {
     let uid: u64 = uid.parse().map_err(|_| ApiError::bad_request("invalid_user_id", "user ids are decimal strings"))?;
     let sessions = st.logic.sessions.sessions(&[uid]).await.map_err(ApiError::internal)?;
-    Ok(Json(json!({"user_id": uid.to_string(), "online": !sessions.is_empty(), "connections": sessions.len()})).into_response())
+    Ok(Json(json!({"user_id": uid.to_string(), "online": !sessions.is_empty(), "connections": sessions.len()}))
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -224,6 +231,13 @@ async fn history(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
     let conv = ConversationId::parse(&cid).map_err(|e| ApiError::bad_request("invalid_conversation", e.to_string()))?;
+    if conv.is_group() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_conversation",
+            "group conversations are not available",
+        ));
+    }
     if conv.peer_of(uid).is_none() {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "not_member", "you are not a member of this conversation"));
     }

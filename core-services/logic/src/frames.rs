@@ -88,7 +88,10 @@ struct SyncResult<'a> {
 }
 
 pub fn sync_result(conversation_id: &str, messages: &[StoredMessage], has_more: bool) -> Bytes {
-    encode("sync-result", SyncResult { conversation_id, messages: messages.iter().map(MessageView::from).collect(), has_more })
+    encode(
+        "sync-result",
+        SyncResult { conversation_id, messages: messages.iter().map(MessageView::from).collect(), has_more },
+    )
 }
 
 #[cfg(test)]
@@ -114,7 +117,10 @@ mod tests {
         assert_eq!(v["seq"], 7);
         assert_eq!(v["content"]["text"], "hi \"there\"");
         let a: serde_json::Value = serde_json::from_slice(&message_ack("c1", 123, "s_1_2", 7, 5)).unwrap();
-        assert_eq!(a, serde_json::json!({"type":"message-ack","client_msg_id":"c1","msg_id":"123","conversation_id":"s_1_2","seq":7,"ts":5}));
+        assert_eq!(
+            a,
+            serde_json::json!({"type":"message-ack","client_msg_id":"c1","msg_id":"123","conversation_id":"s_1_2","seq":7,"ts":5})
+        );
         let e: serde_json::Value = serde_json::from_slice(&error("not_member", "no", None)).unwrap();
         assert!(e.get("ref").is_none());
     }

@@ -98,11 +98,7 @@ impl FrameHeader {
 /// opcodes are rejected, control frames must have FIN set and a payload of at
 /// most 125 bytes, masking must match `role`, the 64-bit length must have its
 /// MSB clear, and `payload_len <= max_frame` ([`ProtocolError::FrameTooLarge`]).
-pub fn decode_header(
-    buf: &[u8],
-    role: Role,
-    max_frame: usize,
-) -> Result<Option<FrameHeader>, ProtocolError> {
+pub fn decode_header(buf: &[u8], role: Role, max_frame: usize) -> Result<Option<FrameHeader>, ProtocolError> {
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
@@ -110,8 +106,7 @@ pub fn decode_header(
         return Err(ProtocolError::ReservedBits);
     }
     let opcode_bits = first & OPCODE_BITS;
-    let opcode =
-        OpCode::from_bits(opcode_bits).ok_or(ProtocolError::ReservedOpCode(opcode_bits))?;
+    let opcode = OpCode::from_bits(opcode_bits).ok_or(ProtocolError::ReservedOpCode(opcode_bits))?;
     let fin = first & FIN_BIT != 0;
     if opcode.is_control() && !fin {
         return Err(ProtocolError::FragmentedControlFrame);
@@ -147,12 +142,7 @@ pub fn decode_header(
     }
     let payload_len = match usize::try_from(payload_len) {
         Ok(len) if len <= max_frame => len,
-        _ => {
-            return Err(ProtocolError::FrameTooLarge {
-                len: payload_len,
-                max: max_frame,
-            })
-        }
+        _ => return Err(ProtocolError::FrameTooLarge { len: payload_len, max: max_frame }),
     };
 
     let mask = if masked {
@@ -167,13 +157,7 @@ pub fn decode_header(
         None
     };
 
-    Ok(Some(FrameHeader {
-        fin,
-        opcode,
-        mask,
-        payload_len,
-        header_len,
-    }))
+    Ok(Some(FrameHeader { fin, opcode, mask, payload_len, header_len }))
 }
 
 /// XOR `buf` with the mask `key` in place. `offset` is the position of
@@ -181,16 +165,12 @@ pub fn decode_header(
 /// Masking is an involution: applying it twice restores the input.
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     let key = rotate_key(key, offset);
-    let key_word = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
+    let key_word = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3]]);
     // Every chunk starts at a multiple of 8 (a multiple of 4) from `buf[0]`,
     // so the same rotated key word applies to each one.
     let mut chunks = buf.chunks_exact_mut(8);
     for chunk in &mut chunks {
-        let word = u64::from_ne_bytes(
-            *<&[u8; 8]>::try_from(&*chunk).expect("chunks_exact yields 8 bytes"),
-        );
+        let word = u64::from_ne_bytes(*<&[u8; 8]>::try_from(&*chunk).expect("chunks_exact yields 8 bytes"));
         chunk.copy_from_slice(&(word ^ key_word).to_ne_bytes());
     }
     for (byte, key_byte) in chunks.into_remainder().iter_mut().zip(key.iter().cycle()) {

@@ -66,8 +66,8 @@ mod message;
 
 pub use error::{close_code, is_valid_close_code, ProtocolError};
 pub use frame::{
-    apply_mask, client_frame, close_frame, decode_header, encode_header, server_frame, server_text,
-    FrameHeader, OpCode, Role, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
+    apply_mask, client_frame, close_frame, decode_header, encode_header, server_frame, server_text, FrameHeader,
+    OpCode, Role, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
 };
 pub use message::{CloseFrame, Decoded, Message, MessageDecoder};
 

@@ -28,11 +28,7 @@ impl<'a> CloseFrame<'a> {
     /// valid close code followed by a UTF-8 reason.
     pub fn parse(payload: &'a [u8]) -> Result<Option<Self>, ProtocolError> {
         let Some((code, reason)) = payload.split_first_chunk::<2>() else {
-            return if payload.is_empty() {
-                Ok(None)
-            } else {
-                Err(ProtocolError::InvalidClosePayload)
-            };
+            return if payload.is_empty() { Ok(None) } else { Err(ProtocolError::InvalidClosePayload) };
         };
         let code = u16::from_be_bytes(*code);
         if !is_valid_close_code(code) {
@@ -89,19 +85,12 @@ impl MessageDecoder {
 
     /// Decoder for either side; [`Role::Client`] decodes unmasked server frames.
     pub fn with_role(role: Role, max_frame: usize, max_message: usize) -> Self {
-        Self {
-            role,
-            max_frame,
-            max_message,
-            fragmented: None,
-        }
+        Self { role, max_frame, max_message, fragmented: None }
     }
 
     /// True when no fragmented message is in flight (nothing buffered here).
     pub fn is_idle(&self) -> bool {
-        self.fragmented
-            .as_ref()
-            .is_none_or(|partial| partial.complete)
+        self.fragmented.as_ref().is_none_or(|partial| partial.complete)
     }
 
     #[cfg(test)]
@@ -122,24 +111,14 @@ impl MessageDecoder {
     ///
     /// Size and sequencing errors are reported from the header alone, before
     /// the payload arrives.
-    pub fn decode<'a>(
-        &'a mut self,
-        buf: &'a mut [u8],
-    ) -> Result<Option<Decoded<'a>>, ProtocolError> {
-        if self
-            .fragmented
-            .as_ref()
-            .is_some_and(|partial| partial.complete)
-        {
+    pub fn decode<'a>(&'a mut self, buf: &'a mut [u8]) -> Result<Option<Decoded<'a>>, ProtocolError> {
+        if self.fragmented.as_ref().is_some_and(|partial| partial.complete) {
             self.fragmented = None;
         }
         let Some(header) = decode_header(buf, self.role, self.max_frame)? else {
             return Ok(None);
         };
-        let message_too_large = |len: u64| ProtocolError::MessageTooLarge {
-            len,
-            max: self.max_message,
-        };
+        let message_too_large = |len: u64| ProtocolError::MessageTooLarge { len, max: self.max_message };
         match (header.opcode, &self.fragmented) {
             (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
             (OpCode::Continuation, Some(partial)) => {
@@ -148,9 +127,7 @@ impl MessageDecoder {
                     return Err(message_too_large(total));
                 }
             }
-            (OpCode::Text | OpCode::Binary, Some(_)) => {
-                return Err(ProtocolError::ExpectedContinuation)
-            }
+            (OpCode::Text | OpCode::Binary, Some(_)) => return Err(ProtocolError::ExpectedContinuation),
             (OpCode::Text | OpCode::Binary, None) if header.payload_len > self.max_message => {
                 return Err(message_too_large(header.payload_len as u64));
             }
@@ -176,12 +153,8 @@ impl MessageDecoder {
             }
             OpCode::Binary if header.fin => Some(Message::Binary(payload)),
             OpCode::Text | OpCode::Binary => {
-                let mut partial = Box::new(Partial {
-                    opcode: header.opcode,
-                    data: Vec::new(),
-                    utf8_valid_len: 0,
-                    complete: false,
-                });
+                let mut partial =
+                    Box::new(Partial { opcode: header.opcode, data: Vec::new(), utf8_valid_len: 0, complete: false });
                 partial.append(payload, self.max_message)?;
                 self.fragmented = Some(partial);
                 None
@@ -202,10 +175,7 @@ impl MessageDecoder {
                 }
             }
         };
-        Ok(Some(Decoded {
-            consumed: frame_len,
-            message,
-        }))
+        Ok(Some(Decoded { consumed: frame_len, message }))
     }
 }
 
@@ -216,10 +186,7 @@ impl Partial {
         if needed > self.data.capacity() {
             // Grow geometrically but never past the limit, so capacity stays
             // bounded by max_message whatever the peer's fragment sizes.
-            let target = needed
-                .max(self.data.capacity() * 2)
-                .min(max_message)
-                .max(needed);
+            let target = needed.max(self.data.capacity() * 2).min(max_message).max(needed);
             self.data.reserve_exact(target - self.data.len());
         }
         self.data.extend_from_slice(fragment);

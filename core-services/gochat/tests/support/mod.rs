@@ -42,11 +42,20 @@ impl Server {
     /// Start `gochat dev` and wait for its "gochat ready" log line.
     pub fn start_with(data_dir: &Path, shards: usize, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gochat"));
-        cmd.args(["dev", "--listen", "127.0.0.1:0", "--shards", &shards.to_string(), "--log-format", "json", "--data-dir"])
-            .arg(data_dir)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            &shards.to_string(),
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -129,7 +138,8 @@ impl Server {
     }
 
     pub async fn connect(&self, token: &str) -> Ws {
-        let (ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws?token={token}", self.addr)).await.expect("ws connect");
+        let (ws, resp) =
+            tokio_tungstenite::connect_async(format!("ws://{}/ws?token={token}", self.addr)).await.expect("ws connect");
         assert_eq!(resp.status(), 101);
         ws
     }
