@@ -15,6 +15,7 @@ pub mod api;
 pub mod frames;
 pub mod logic;
 pub mod password;
+pub mod redis_store;
 pub mod session;
 
 pub use logic::{Logic, LogicMetrics};

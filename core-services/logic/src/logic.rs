@@ -142,7 +142,11 @@ impl Logic {
     }
 
     /// Consume until `shutdown` flips to true or the bus closes.
-    pub async fn run(self: Arc<Self>, mut consumer: Box<dyn Consumer>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(
+        self: Arc<Self>,
+        mut consumer: Box<dyn Consumer>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         info!(batch_max = self.cfg.batch_max, "logic consumer started");
         loop {
             let next = tokio::select! {
@@ -201,7 +205,11 @@ impl Logic {
                 kind::SYNC => {
                     self.flush_sends(&mut sends).await?;
                     match bus::SyncRequest::decode(env.body) {
-                        Ok(s) => self.handle_sync(&env.trace_id, s).instrument(tracing::info_span!("sync", trace_id = %env.trace_id)).await?,
+                        Ok(s) => {
+                            self.handle_sync(&env.trace_id, s)
+                                .instrument(tracing::info_span!("sync", trace_id = %env.trace_id))
+                                .await?
+                        }
                         Err(e) => self.corrupt(rec, &e.to_string()),
                     }
                 }
@@ -246,7 +254,15 @@ impl Logic {
         Ok(())
     }
 
-    fn reject(&self, out: &mut Vec<Outbound>, origin: &bus::ConnRef, sender: u64, code: &str, message: &str, reference: Option<&str>) {
+    fn reject(
+        &self,
+        out: &mut Vec<Outbound>,
+        origin: &bus::ConnRef,
+        sender: u64,
+        code: &str,
+        message: &str,
+        reference: Option<&str>,
+    ) {
         self.metrics.rejected.inc();
         out.push(Outbound {
             gateway_id: origin.gateway_id.as_str().into(),
@@ -291,19 +307,43 @@ impl Logic {
             };
             let peer_id = match cid {
                 ConversationId::Group(_) => {
-                    self.reject(&mut out, &origin, s.sender_id, "unknown_conversation", "group conversations are not available", Some(cmid));
+                    self.reject(
+                        &mut out,
+                        &origin,
+                        s.sender_id,
+                        "unknown_conversation",
+                        "group conversations are not available",
+                        Some(cmid),
+                    );
                     continue;
                 }
                 ConversationId::Single { .. } => match cid.peer_of(s.sender_id) {
                     Some(p) => p,
                     None => {
-                        self.reject(&mut out, &origin, s.sender_id, "not_member", "you are not a member of this conversation", Some(cmid));
+                        self.reject(
+                            &mut out,
+                            &origin,
+                            s.sender_id,
+                            "not_member",
+                            "you are not a member of this conversation",
+                            Some(cmid),
+                        );
                         continue;
                     }
                 },
             };
-            if !CONTENT_TYPES.contains(&s.content_type.as_str()) || s.content.len() > self.cfg.max_content_bytes || cmid.is_empty() {
-                self.reject(&mut out, &origin, s.sender_id, "invalid_message", "content_type, content or client_msg_id is invalid", Some(cmid));
+            if !CONTENT_TYPES.contains(&s.content_type.as_str())
+                || s.content.len() > self.cfg.max_content_bytes
+                || cmid.is_empty()
+            {
+                self.reject(
+                    &mut out,
+                    &origin,
+                    s.sender_id,
+                    "invalid_message",
+                    "content_type, content or client_msg_id is invalid",
+                    Some(cmid),
+                );
                 continue;
             }
             let Ok(content) = String::from_utf8(s.content.to_vec()) else {
@@ -342,7 +382,14 @@ impl Logic {
                 if known.contains(&a.peer_id) {
                     kept.push(a);
                 } else {
-                    self.reject(&mut out, &a.origin, a.sender_id, "unknown_user", "the recipient does not exist", Some(&a.client_msg_id));
+                    self.reject(
+                        &mut out,
+                        &a.origin,
+                        a.sender_id,
+                        "unknown_user",
+                        "the recipient does not exist",
+                        Some(&a.client_msg_id),
+                    );
                 }
             }
             accepted = kept;
@@ -380,7 +427,12 @@ impl Logic {
                 let key = (a.sender_id, a.client_msg_id.clone());
                 if let Some(m) = stored.get(&key) {
                     self.metrics.duplicates.inc();
-                    let ack = AckRecord { msg_id: m.msg_id, conversation_id: m.conversation_id.clone(), seq: m.seq, ts: m.created_at };
+                    let ack = AckRecord {
+                        msg_id: m.msg_id,
+                        conversation_id: m.conversation_id.clone(),
+                        seq: m.seq,
+                        ts: m.created_at,
+                    };
                     self.sessions.dedup_put(a.sender_id, &a.client_msg_id, &ack, self.dedup_ttl()).await?;
                     Self::ack_to(&mut out, &a.origin, a.sender_id, &a.client_msg_id, &ack);
                     in_batch.remove(&key);
@@ -415,20 +467,13 @@ impl Logic {
                 None => per_conv.push((a.conversation_id.clone(), 1)),
             }
         }
-        let mut next_seq: HashMap<String, u64> = HashMap::with_capacity(per_conv.len());
-        for (cid, n) in &per_conv {
-            let last = match self.sessions.reserve_seqs(cid, *n).await? {
-                Some(last) => last,
-                None => {
-                    let max = self.store.max_seq(cid).await?;
-                    self.sessions.init_seq(cid, max).await?;
-                    self.sessions.reserve_seqs(cid, *n).await?.ok_or_else(|| {
-                        SessionStoreError::Unavailable(format!("seq counter for {cid} vanished after init"))
-                    })?
-                }
-            };
-            next_seq.insert(cid.clone(), last + 1 - n);
-        }
+        let mut next_seq = match self.reserve_all(&per_conv).await {
+            Ok(m) => m,
+            Err(e) => {
+                self.deliver(out).await;
+                return Err(e);
+            }
+        };
         let rows: Vec<StoredMessage> = fresh
             .iter()
             .map(|a| {
@@ -463,14 +508,27 @@ impl Logic {
         let mut users: Vec<u64> = fresh.iter().flat_map(|a| [a.sender_id, a.peer_id]).collect();
         users.sort_unstable();
         users.dedup();
-        let sessions = self.sessions.sessions(&users).await?;
+        // From here on the batch is stored: a failure may cost live delivery
+        // (recipients catch up by sync) but must not make the batch retry.
+        let sessions = self.sessions.sessions(&users).await.unwrap_or_else(|e| {
+            warn!(error = %e, "session lookup failed; recipients will catch up by sync");
+            Vec::new()
+        });
         let mut by_user: HashMap<u64, Vec<&Session>> = HashMap::new();
         for (uid, s) in &sessions {
             by_user.entry(*uid).or_default().push(s);
         }
         for (a, row) in fresh.iter().zip(&rows) {
-            let ack = AckRecord { msg_id: row.msg_id, conversation_id: row.conversation_id.clone(), seq: row.seq, ts: row.created_at };
-            self.sessions.dedup_put(a.sender_id, &a.client_msg_id, &ack, self.dedup_ttl()).await?;
+            let ack = AckRecord {
+                msg_id: row.msg_id,
+                conversation_id: row.conversation_id.clone(),
+                seq: row.seq,
+                ts: row.created_at,
+            };
+            if let Err(e) = self.sessions.dedup_put(a.sender_id, &a.client_msg_id, &ack, self.dedup_ttl()).await {
+                // The database's unique key still deduplicates a retry.
+                warn!(error = %e, "dedup entry not stored");
+            }
             Self::ack_to(&mut out, &a.origin, a.sender_id, &a.client_msg_id, &ack);
             let origin = session_of(&a.origin);
             let mut groups: Vec<Outbound> = Vec::new();
@@ -483,7 +541,12 @@ impl Logic {
                     let r = bus::Recipient { conn_id: s.conn_id, user_id: uid };
                     match groups.iter_mut().find(|g| g.shard == s.shard && g.gateway_id == s.gateway_id) {
                         Some(g) => g.recipients.push(r),
-                        None => groups.push(Outbound { gateway_id: s.gateway_id.clone(), shard: s.shard, recipients: vec![r], frame: frame.clone() }),
+                        None => groups.push(Outbound {
+                            gateway_id: s.gateway_id.clone(),
+                            shard: s.shard,
+                            recipients: vec![r],
+                            frame: frame.clone(),
+                        }),
                     }
                 }
             }
@@ -493,11 +556,50 @@ impl Logic {
         for (j, a) in repeats_of_fresh {
             self.metrics.duplicates.inc();
             let row = &rows[j];
-            let ack = AckRecord { msg_id: row.msg_id, conversation_id: row.conversation_id.clone(), seq: row.seq, ts: row.created_at };
+            let ack = AckRecord {
+                msg_id: row.msg_id,
+                conversation_id: row.conversation_id.clone(),
+                seq: row.seq,
+                ts: row.created_at,
+            };
             Self::ack_to(&mut out, &a.origin, a.sender_id, &a.client_msg_id, &ack);
         }
         self.deliver(out).await;
         Ok(())
+    }
+
+    /// Reserve a contiguous seq range per conversation; returns the first seq
+    /// of each range. On any failure every counter touched is reset, so the
+    /// retry re-reads MAX(seq) from the database and no seq is skipped.
+    async fn reserve_all(&self, per_conv: &[(String, u64)]) -> Result<HashMap<String, u64>, LogicError> {
+        let mut next_seq = HashMap::with_capacity(per_conv.len());
+        for (cid, n) in per_conv {
+            match self.reserve(cid, *n).await {
+                Ok(last) => {
+                    next_seq.insert(cid.clone(), last + 1 - n);
+                }
+                Err(e) => {
+                    for (touched, _) in per_conv {
+                        let _ = self.sessions.reset_seq(touched).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(next_seq)
+    }
+
+    async fn reserve(&self, cid: &str, n: u64) -> Result<u64, LogicError> {
+        if let Some(last) = self.sessions.reserve_seqs(cid, n).await? {
+            return Ok(last);
+        }
+        let max = self.store.max_seq(cid).await?;
+        self.sessions.init_seq(cid, max).await?;
+        Ok(self
+            .sessions
+            .reserve_seqs(cid, n)
+            .await?
+            .ok_or_else(|| SessionStoreError::Unavailable(format!("seq counter for {cid} vanished after init")))?)
     }
 
     fn dedup_ttl(&self) -> Duration {
@@ -534,8 +636,21 @@ impl Logic {
                 return Ok(());
             }
         };
+        if cid.is_group() {
+            let why = "group conversations are not available";
+            self.reject(&mut out, &origin, req.user_id, "unknown_conversation", why, reference);
+            self.deliver(out).await;
+            return Ok(());
+        }
         if cid.peer_of(req.user_id).is_none() {
-            self.reject(&mut out, &origin, req.user_id, "not_member", "you are not a member of this conversation", reference);
+            self.reject(
+                &mut out,
+                &origin,
+                req.user_id,
+                "not_member",
+                "you are not a member of this conversation",
+                reference,
+            );
             self.deliver(out).await;
             return Ok(());
         }

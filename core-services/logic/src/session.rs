@@ -37,6 +37,9 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn remove_session(&self, user_id: u64, session: &Session) -> Result<(), SessionStoreError>;
     /// Every live session of each user in `user_ids` (users without one are absent).
     async fn sessions(&self, user_ids: &[u64]) -> Result<Vec<(u64, Session)>, SessionStoreError>;
+    /// Remove every session registered on `gateway_id` (the gateway restarted, so
+    /// its old connections are gone); returns how many were removed.
+    async fn purge_gateway(&self, gateway_id: &str) -> Result<u64, SessionStoreError>;
 
     /// Reserve `n` consecutive seqs of a conversation; returns the last one,
     /// or None when the counter is unknown (never initialised, or lost): the
@@ -48,7 +51,13 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn reset_seq(&self, conversation_id: &str) -> Result<(), SessionStoreError>;
 
     async fn dedup_get(&self, sender_id: u64, client_msg_id: &str) -> Result<Option<AckRecord>, SessionStoreError>;
-    async fn dedup_put(&self, sender_id: u64, client_msg_id: &str, ack: &AckRecord, ttl: Duration) -> Result<(), SessionStoreError>;
+    async fn dedup_put(
+        &self,
+        sender_id: u64,
+        client_msg_id: &str,
+        ack: &AckRecord,
+        ttl: Duration,
+    ) -> Result<(), SessionStoreError>;
 }
 
 /// In-process store for `gochat dev`. Bounded: the dedup cache keeps at most
@@ -71,7 +80,11 @@ impl MemorySessionStore {
         Self {
             sessions: Mutex::new(HashMap::new()),
             seqs: Mutex::new(HashMap::new()),
-            dedup: Mutex::new(DedupCache { map: HashMap::new(), order: VecDeque::new(), capacity: dedup_capacity.max(1) }),
+            dedup: Mutex::new(DedupCache {
+                map: HashMap::new(),
+                order: VecDeque::new(),
+                capacity: dedup_capacity.max(1),
+            }),
         }
     }
 }
@@ -109,6 +122,18 @@ impl SessionStore for MemorySessionStore {
         Ok(out)
     }
 
+    async fn purge_gateway(&self, gateway_id: &str) -> Result<u64, SessionStoreError> {
+        let mut map = self.sessions.lock().expect("sessions lock");
+        let mut removed = 0u64;
+        map.retain(|_, list| {
+            let before = list.len();
+            list.retain(|s| &*s.gateway_id != gateway_id);
+            removed += (before - list.len()) as u64;
+            !list.is_empty()
+        });
+        Ok(removed)
+    }
+
     async fn reserve_seqs(&self, conversation_id: &str, n: u64) -> Result<Option<u64>, SessionStoreError> {
         let mut seqs = self.seqs.lock().expect("seq lock");
         Ok(seqs.get_mut(conversation_id).map(|v| {
@@ -136,7 +161,13 @@ impl SessionStore for MemorySessionStore {
             .map(|(ack, _)| ack.clone()))
     }
 
-    async fn dedup_put(&self, sender_id: u64, client_msg_id: &str, ack: &AckRecord, ttl: Duration) -> Result<(), SessionStoreError> {
+    async fn dedup_put(
+        &self,
+        sender_id: u64,
+        client_msg_id: &str,
+        ack: &AckRecord,
+        ttl: Duration,
+    ) -> Result<(), SessionStoreError> {
         let mut cache = self.dedup.lock().expect("dedup lock");
         let key = (sender_id, client_msg_id.to_owned());
         if cache.map.insert(key.clone(), (ack.clone(), Instant::now() + ttl)).is_none() {
@@ -154,50 +185,159 @@ impl SessionStore for MemorySessionStore {
     }
 }
 
+/// Behaviour every [`SessionStore`] must have, written once and run against
+/// each implementation (`conformance_tests!` instantiates it).
 #[cfg(test)]
-mod tests {
+pub(crate) mod conformance {
     use super::*;
 
-    fn s(gw: &str, shard: u32, conn: u64) -> Session {
+    pub(crate) fn s(gw: &str, shard: u32, conn: u64) -> Session {
         Session { gateway_id: gw.into(), shard, conn_id: conn }
     }
 
-    #[tokio::test]
-    async fn sessions_add_remove_and_lookup() {
-        let st = MemorySessionStore::new(10);
-        st.add_session(1, s("gw0", 0, 1)).await.unwrap();
-        st.add_session(1, s("gw0", 1, 2)).await.unwrap();
-        st.add_session(1, s("gw0", 1, 2)).await.unwrap();
-        st.add_session(2, s("gw1", 0, 9)).await.unwrap();
-        assert_eq!(st.sessions(&[1, 3]).await.unwrap().len(), 2);
-        st.remove_session(1, &s("gw0", 0, 1)).await.unwrap();
-        assert_eq!(st.sessions(&[1, 2]).await.unwrap(), vec![(1, s("gw0", 1, 2)), (2, s("gw1", 0, 9))]);
+    fn sorted(mut v: Vec<(u64, Session)>) -> Vec<(u64, Session)> {
+        v.sort_by(|a, b| {
+            (a.0, &*a.1.gateway_id, a.1.shard, a.1.conn_id).cmp(&(b.0, &*b.1.gateway_id, b.1.shard, b.1.conn_id))
+        });
+        v
     }
 
-    #[tokio::test]
-    async fn seq_counter_needs_init_and_reserves_ranges() {
-        let st = MemorySessionStore::new(10);
+    pub(crate) async fn sessions_add_remove_and_lookup(st: &dyn SessionStore) {
+        assert_eq!(st.sessions(&[]).await.unwrap(), vec![]);
+        assert_eq!(st.sessions(&[1]).await.unwrap(), vec![]);
+        st.add_session(1, s("gw0", 0, 1)).await.unwrap();
+        st.add_session(1, s("gw0", 1, 2)).await.unwrap();
+        st.add_session(1, s("gw0", 1, 2)).await.unwrap(); // idempotent
+        st.add_session(2, s("gw1", 0, 9)).await.unwrap();
+        st.add_session(3, s("gw|odd", 7, u64::MAX)).await.unwrap();
+        // one batch, users without sessions are absent
+        assert_eq!(
+            sorted(st.sessions(&[1, 4, 2, 3]).await.unwrap()),
+            vec![(1, s("gw0", 0, 1)), (1, s("gw0", 1, 2)), (2, s("gw1", 0, 9)), (3, s("gw|odd", 7, u64::MAX))]
+        );
+        st.remove_session(1, &s("gw0", 0, 1)).await.unwrap();
+        st.remove_session(1, &s("gw0", 0, 1)).await.unwrap(); // idempotent
+        st.remove_session(2, &s("gw0", 1, 2)).await.unwrap(); // another user's session: no effect
+        assert_eq!(sorted(st.sessions(&[1, 2]).await.unwrap()), vec![(1, s("gw0", 1, 2)), (2, s("gw1", 0, 9))]);
+        st.remove_session(1, &s("gw0", 1, 2)).await.unwrap();
+        assert_eq!(st.sessions(&[1]).await.unwrap(), vec![]);
+    }
+
+    pub(crate) async fn seq_counter_needs_init_and_reserves_ranges(st: &dyn SessionStore) {
         assert_eq!(st.reserve_seqs("s_1_2", 1).await.unwrap(), None);
         st.init_seq("s_1_2", 40).await.unwrap();
         st.init_seq("s_1_2", 0).await.unwrap(); // does not overwrite
+                                                // the last of a contiguous range: 41..=43, then 44
         assert_eq!(st.reserve_seqs("s_1_2", 3).await.unwrap(), Some(43));
         assert_eq!(st.reserve_seqs("s_1_2", 1).await.unwrap(), Some(44));
+        // counters are per conversation
+        assert_eq!(st.reserve_seqs("s_1_3", 1).await.unwrap(), None);
+        st.init_seq("s_1_3", 0).await.unwrap();
+        assert_eq!(st.reserve_seqs("s_1_3", 2).await.unwrap(), Some(2));
         st.reset_seq("s_1_2").await.unwrap();
         assert_eq!(st.reserve_seqs("s_1_2", 1).await.unwrap(), None);
+        st.reset_seq("s_1_2").await.unwrap(); // idempotent
+        st.init_seq("s_1_2", 44).await.unwrap();
+        assert_eq!(st.reserve_seqs("s_1_2", 1).await.unwrap(), Some(45));
+        assert_eq!(st.reserve_seqs("s_1_3", 1).await.unwrap(), Some(3));
+    }
+
+    pub(crate) async fn dedup_put_get_expiry_per_sender(st: &dyn SessionStore) {
+        let ack = AckRecord { msg_id: 5, conversation_id: "s_1_2".into(), seq: 1, ts: 9 };
+        let odd = AckRecord { msg_id: u64::MAX, conversation_id: "g|x:y".into(), seq: u64::MAX, ts: -1 };
+        assert_eq!(st.dedup_get(1, "a").await.unwrap(), None);
+        st.dedup_put(1, "a", &ack, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(st.dedup_get(1, "a").await.unwrap(), Some(ack.clone()));
+        assert_eq!(st.dedup_get(2, "a").await.unwrap(), None); // per sender
+        assert_eq!(st.dedup_get(1, "b").await.unwrap(), None);
+        st.dedup_put(2, "a:b|c", &odd, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(st.dedup_get(2, "a:b|c").await.unwrap(), Some(odd));
+        st.dedup_put(1, "gone", &ack, Duration::ZERO).await.unwrap();
+        assert_eq!(st.dedup_get(1, "gone").await.unwrap(), None);
+        st.dedup_put(1, "short", &ack, Duration::from_millis(300)).await.unwrap();
+        assert_eq!(st.dedup_get(1, "short").await.unwrap(), Some(ack.clone()));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(st.dedup_get(1, "short").await.unwrap(), None);
+        assert_eq!(st.dedup_get(1, "a").await.unwrap(), Some(ack));
+    }
+
+    pub(crate) async fn purge_gateway_removes_only_that_gateway(st: &dyn SessionStore) {
+        st.add_session(1, s("gw0", 0, 1)).await.unwrap();
+        st.add_session(1, s("gw1", 0, 2)).await.unwrap();
+        st.add_session(2, s("gw0", 1, 3)).await.unwrap();
+        st.add_session(2, s("gw0", 1, 4)).await.unwrap();
+        st.add_session(3, s("gw0", 0, 5)).await.unwrap();
+        st.add_session(4, s("gw00", 0, 6)).await.unwrap();
+        st.remove_session(3, &s("gw0", 0, 5)).await.unwrap(); // already gone: not counted by the purge
+        assert_eq!(st.purge_gateway("gw0").await.unwrap(), 3);
+        assert_eq!(sorted(st.sessions(&[1, 2, 3, 4]).await.unwrap()), vec![(1, s("gw1", 0, 2)), (4, s("gw00", 0, 6))]);
+        assert_eq!(st.purge_gateway("gw0").await.unwrap(), 0);
+        assert_eq!(st.purge_gateway("nope").await.unwrap(), 0);
+        // the gateway registers again after its purge
+        st.add_session(2, s("gw0", 0, 7)).await.unwrap();
+        assert_eq!(st.sessions(&[2]).await.unwrap(), vec![(2, s("gw0", 0, 7))]);
+        st.remove_session(1, &s("gw0", 0, 1)).await.unwrap(); // a late disconnect of a purged session
+        assert_eq!(st.purge_gateway("gw1").await.unwrap(), 1);
+        assert_eq!(sorted(st.sessions(&[1, 2, 4]).await.unwrap()), vec![(2, s("gw0", 0, 7)), (4, s("gw00", 0, 6))]);
+    }
+
+    /// Instantiates every check above as a `#[tokio::test]` for one store:
+    /// `conformance_tests!(expression making a fresh store, async fn cleaning it up)`.
+    macro_rules! conformance_tests {
+        ($make:expr, $cleanup:path) => {
+            $crate::session::conformance::conformance_tests!(@each $make, $cleanup;
+                sessions_add_remove_and_lookup,
+                seq_counter_needs_init_and_reserves_ranges,
+                dedup_put_get_expiry_per_sender,
+                purge_gateway_removes_only_that_gateway);
+        };
+        (@each $make:expr, $cleanup:path; $($name:ident),+) => {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let st = $make;
+                    $crate::session::conformance::$name(&st).await;
+                    $cleanup(&st).await;
+                }
+            )+
+        };
+    }
+    pub(crate) use conformance_tests;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conformance::s;
+    use super::*;
+
+    async fn nothing_to_clean(_: &MemorySessionStore) {}
+
+    mod conformance {
+        use super::super::*;
+        use super::nothing_to_clean;
+
+        crate::session::conformance::conformance_tests!(MemorySessionStore::new(100), nothing_to_clean);
     }
 
     #[tokio::test]
-    async fn dedup_remembers_acks_expires_and_is_bounded() {
+    async fn memory_dedup_is_bounded() {
         let st = MemorySessionStore::new(2);
         let ack = AckRecord { msg_id: 5, conversation_id: "s_1_2".into(), seq: 1, ts: 9 };
         st.dedup_put(1, "a", &ack, Duration::from_secs(60)).await.unwrap();
-        assert_eq!(st.dedup_get(1, "a").await.unwrap(), Some(ack.clone()));
-        assert_eq!(st.dedup_get(2, "a").await.unwrap(), None);
-        st.dedup_put(1, "gone", &ack, Duration::from_millis(0)).await.unwrap();
-        assert_eq!(st.dedup_get(1, "gone").await.unwrap(), None);
+        st.dedup_put(1, "b", &ack, Duration::from_secs(60)).await.unwrap();
+        st.dedup_put(1, "a", &ack, Duration::from_secs(60)).await.unwrap(); // an update takes no extra room
         st.dedup_put(1, "c", &ack, Duration::from_secs(60)).await.unwrap();
         // capacity 2: "a" (oldest) was evicted
         assert_eq!(st.dedup_get(1, "a").await.unwrap(), None);
+        assert!(st.dedup_get(1, "b").await.unwrap().is_some());
         assert!(st.dedup_get(1, "c").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn memory_purge_drops_emptied_users() {
+        let st = MemorySessionStore::new(2);
+        st.add_session(1, s("gw0", 0, 1)).await.unwrap();
+        assert_eq!(st.purge_gateway("gw0").await.unwrap(), 1);
+        assert!(st.sessions.lock().unwrap().is_empty());
     }
 }

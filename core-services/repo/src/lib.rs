@@ -1,11 +1,15 @@
 //! Persistence of the message path. Logic persists a batch of messages here
 //! *before* it acks or fans out, so an ack always means "stored". The
 //! [`Store`] trait is what logic sees; [`sqlite::SqliteStore`] is the embedded
-//! implementation (MySQL and the gRPC client slot in behind the same trait).
+//! implementation, [`mysql::MySqlStore`] the cluster one (the gRPC client of
+//! `gochat repo` will slot in behind the same trait).
 //!
 //! Invariants the schema enforces, whatever the caller does:
 //! UNIQUE (conversation_id, seq) and UNIQUE (sender_id, client_msg_id).
 
+#[cfg(test)]
+mod conformance;
+pub mod mysql;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -62,7 +66,12 @@ pub trait Store: Send + Sync + 'static {
     /// resumes after the fast store lost its counter.
     async fn max_seq(&self, conversation_id: &str) -> Result<u64, RepoError>;
     /// Messages with seq > `after_seq`, ascending, at most `limit`.
-    async fn messages_after(&self, conversation_id: &str, after_seq: u64, limit: u32) -> Result<Vec<StoredMessage>, RepoError>;
+    async fn messages_after(
+        &self,
+        conversation_id: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, RepoError>;
 
     /// Cheap liveness probe for /readyz.
     async fn ping(&self) -> Result<(), RepoError>;

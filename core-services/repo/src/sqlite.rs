@@ -82,7 +82,8 @@ impl Store for SqliteStore {
     }
 
     async fn user_by_username(&self, username: &str) -> Result<Option<User>, RepoError> {
-        let row = sqlx::query("SELECT * FROM users WHERE username = ?").bind(username).fetch_optional(&self.pool).await?;
+        let row =
+            sqlx::query("SELECT * FROM users WHERE username = ?").bind(username).fetch_optional(&self.pool).await?;
         Ok(row.as_ref().map(user_from_row).transpose()?)
     }
 
@@ -123,7 +124,13 @@ impl Store for SqliteStore {
                     .push_bind(&m.content)
                     .push_bind(m.created_at);
             });
-            q.build().execute(&mut *tx).await.map_err(|e| if is_unique_violation(&e) { RepoError::Conflict } else { e.into() })?;
+            q.build().execute(&mut *tx).await.map_err(|e| {
+                if is_unique_violation(&e) {
+                    RepoError::Conflict
+                } else {
+                    e.into()
+                }
+            })?;
         }
         tx.commit().await?;
         Ok(())
@@ -132,12 +139,17 @@ impl Store for SqliteStore {
     async fn messages_by_client_ids(&self, keys: &[(u64, String)]) -> Result<Vec<StoredMessage>, RepoError> {
         let mut out = Vec::new();
         for chunk in keys.chunks(200) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE "));
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE "));
             for (i, (sender, cmid)) in chunk.iter().enumerate() {
                 if i > 0 {
                     q.push(" OR ");
                 }
-                q.push("(sender_id = ").push_bind(*sender as i64).push(" AND client_msg_id = ").push_bind(cmid.as_str()).push(")");
+                q.push("(sender_id = ")
+                    .push_bind(*sender as i64)
+                    .push(" AND client_msg_id = ")
+                    .push_bind(cmid.as_str())
+                    .push(")");
             }
             let rows = q.build().fetch_all(&self.pool).await?;
             for r in &rows {
@@ -155,7 +167,12 @@ impl Store for SqliteStore {
         Ok(v.unwrap_or(0) as u64)
     }
 
-    async fn messages_after(&self, conversation_id: &str, after_seq: u64, limit: u32) -> Result<Vec<StoredMessage>, RepoError> {
+    async fn messages_after(
+        &self,
+        conversation_id: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, RepoError> {
         let rows = sqlx::query(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq > ? ORDER BY seq ASC LIMIT ?"
         ))
@@ -176,50 +193,14 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conformance::{store_conformance, Case};
+    use std::sync::Arc;
 
-    async fn store() -> SqliteStore {
-        SqliteStore::open("sqlite::memory:", 1, false).await.unwrap()
+    /// Each case on a fresh in-memory database.
+    async fn run(case: Case) {
+        let store = SqliteStore::open("sqlite::memory:", 1, false).await.expect("open in-memory sqlite");
+        case(Arc::new(store)).await;
     }
 
-    fn msg(id: u64, cid: &str, seq: u64, sender: u64, cmid: &str) -> StoredMessage {
-        StoredMessage {
-            msg_id: id,
-            conversation_id: cid.into(),
-            seq,
-            sender_id: sender,
-            client_msg_id: cmid.into(),
-            content_type: "text".into(),
-            content: r#"{"text":"hi"}"#.into(),
-            created_at: 1,
-        }
-    }
-
-    #[tokio::test]
-    async fn users_are_unique_case_insensitively() {
-        let s = store().await;
-        let u = User { id: 1, username: "Alice".into(), password_hash: "h".into(), nickname: "A".into(), avatar_url: String::new(), created_at: 0 };
-        s.create_user(&u).await.unwrap();
-        let dup = User { id: 2, username: "alice".into(), ..u.clone() };
-        assert!(matches!(s.create_user(&dup).await, Err(RepoError::UsernameTaken)));
-        assert_eq!(s.user_by_username("ALICE").await.unwrap().unwrap().id, 1);
-        assert_eq!(s.existing_users(&[1, 2, 3]).await.unwrap(), vec![1]);
-    }
-
-    #[tokio::test]
-    async fn batches_are_atomic_and_unique_keys_hold() {
-        let s = store().await;
-        s.insert_messages(&[msg(10, "s_1_2", 1, 1, "a"), msg(11, "s_1_2", 2, 2, "a")]).await.unwrap();
-        assert_eq!(s.max_seq("s_1_2").await.unwrap(), 2);
-        assert_eq!(s.max_seq("s_1_3").await.unwrap(), 0);
-        // duplicate seq in a batch: the whole batch is refused
-        let r = s.insert_messages(&[msg(12, "s_1_2", 3, 1, "b"), msg(13, "s_1_2", 2, 1, "c")]).await;
-        assert!(matches!(r, Err(RepoError::Conflict)));
-        assert_eq!(s.max_seq("s_1_2").await.unwrap(), 2);
-        // duplicate (sender, client_msg_id)
-        assert!(matches!(s.insert_messages(&[msg(14, "s_1_3", 1, 1, "a")]).await, Err(RepoError::Conflict)));
-        let found = s.messages_by_client_ids(&[(1, "a".into()), (2, "a".into()), (3, "a".into())]).await.unwrap();
-        assert_eq!(found.len(), 2);
-        let page = s.messages_after("s_1_2", 1, 10).await.unwrap();
-        assert_eq!(page, vec![msg(11, "s_1_2", 2, 2, "a")]);
-    }
+    store_conformance!(run);
 }

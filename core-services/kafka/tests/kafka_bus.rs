@@ -1,0 +1,114 @@
+//! The Kafka bus against a real Kafka-protocol broker (tansu, started by
+//! deploy/test-services.sh; GOCHAT_TEST_KAFKA_BROKERS overrides the address).
+//! These tests fail, never skip, when the broker is missing.
+
+use bytes::Bytes;
+use gochat_common::bus::{Consumer, Producer, Record};
+use gochat_kafka::{KafkaSettings, NaiveRuntime, TokioRuntime};
+use std::time::Duration;
+
+fn settings() -> KafkaSettings {
+    let brokers = std::env::var("GOCHAT_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
+    let addr: std::net::SocketAddr =
+        brokers.split(',').next().unwrap().parse().expect("GOCHAT_TEST_KAFKA_BROKERS host:port");
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("kafka broker at {brokers} unreachable ({e}); run deploy/test-services.sh up"));
+    KafkaSettings { brokers, fetch_wait_max_ms: 5, ..Default::default() }
+}
+
+fn unique(name: &str) -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("t.{name}.{}.{n}", std::process::id())
+}
+
+async fn collect(consumer: &mut dyn Consumer, want: usize, within: Duration) -> Vec<Record> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while got.len() < want {
+        match tokio::time::timeout_at(deadline, consumer.next_batch(64)).await {
+            Ok(Ok(b)) => got.extend(b),
+            Ok(Err(e)) => panic!("consume failed: {e}"),
+            Err(_) => panic!("only {} of {want} records within {within:?}", got.len()),
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_order_per_partition_and_committed_offsets_are_honoured() {
+    let s = settings();
+    let topic = unique("order");
+    s.ensure_topic(&topic, 4).await.unwrap();
+    s.ensure_topic(&topic, 4).await.expect("ensure_topic is idempotent");
+    let producer = s.producer::<TokioRuntime>("test-producer").unwrap();
+    assert_eq!(producer.partitions(&topic).unwrap(), 4);
+    for i in 0..200u32 {
+        let key = format!("conv-{}", i % 10);
+        producer.send(&topic, key.as_bytes(), None, Bytes::from(i.to_be_bytes().to_vec())).await.unwrap();
+    }
+    let group = unique("group");
+    let mut consumer = s.group_consumer::<TokioRuntime>("test-consumer-1", &group, &topic).unwrap();
+    let got = collect(&mut consumer, 200, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), 200);
+    for k in 0..10u32 {
+        let key = format!("conv-{k}");
+        let mine: Vec<&Record> = got.iter().filter(|r| r.key == key.as_bytes()).collect();
+        assert_eq!(mine.len(), 20);
+        assert!(mine.iter().all(|r| r.partition == mine[0].partition), "one key, one partition");
+        let values: Vec<u32> = mine.iter().map(|r| u32::from_be_bytes(r.payload[..4].try_into().unwrap())).collect();
+        assert_eq!(values, (0..20).map(|j| j * 10 + k).collect::<Vec<_>>(), "per-key order");
+    }
+    consumer.commit().await.unwrap();
+    // let the async commit reach the broker, then leave the group
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(consumer);
+
+    for i in 200..205u32 {
+        producer.send(&topic, b"conv-0", None, Bytes::from(i.to_be_bytes().to_vec())).await.unwrap();
+    }
+    let mut again = s.group_consumer::<TokioRuntime>("test-consumer-2", &group, &topic).unwrap();
+    let rest = collect(&mut again, 5, Duration::from_secs(60)).await;
+    let values: Vec<u32> = rest.iter().map(|r| u32::from_be_bytes(r.payload[..4].try_into().unwrap())).collect();
+    assert_eq!(values, vec![200, 201, 202, 203, 204], "a new member resumes after the committed offsets");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_consumer_sees_only_its_partition() {
+    let s = settings();
+    let topic = unique("push");
+    s.ensure_topic(&topic, 2).await.unwrap();
+    let producer = s.producer::<TokioRuntime>("push-producer").unwrap();
+    let mut shard1 = s.partition_consumer::<TokioRuntime>("shard-1", &topic, 1).unwrap();
+    // The consumer starts at the end: give it time to resolve that offset.
+    let warmup = tokio::time::timeout(Duration::from_secs(3), shard1.next_batch(1)).await;
+    assert!(warmup.is_err(), "nothing was produced yet");
+    for i in 0..10u8 {
+        producer.send(&topic, b"", Some((i % 2) as u32), Bytes::from(vec![i])).await.unwrap();
+    }
+    let got = collect(&mut shard1, 5, Duration::from_secs(30)).await;
+    assert!(got.iter().all(|r| r.partition == 1));
+    assert_eq!(got.iter().map(|r| r.payload[0]).collect::<Vec<_>>(), vec![1, 3, 5, 7, 9]);
+}
+
+#[test]
+fn produce_and_consume_from_a_glommio_executor() {
+    let s = settings();
+    let topic = unique("glommio");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(s.ensure_topic(&topic, 1)).unwrap();
+    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let producer = s.producer::<NaiveRuntime>("glommio-producer").unwrap();
+            let mut consumer = s.group_consumer::<NaiveRuntime>("glommio-consumer", &unique("g"), &topic).unwrap();
+            producer.try_send(&topic, b"k", None, Bytes::from_static(b"fire-and-forget")).unwrap();
+            producer.send(&topic, b"k", None, Bytes::from_static(b"awaited")).await.unwrap();
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                got.extend(consumer.next_batch(10).await.unwrap());
+            }
+            got.into_iter().map(|r| r.payload).collect::<Vec<_>>()
+        })
+        .unwrap();
+    let payloads = handle.join().unwrap();
+    assert_eq!(payloads, vec![Bytes::from_static(b"fire-and-forget"), Bytes::from_static(b"awaited")]);
+}

@@ -1,0 +1,470 @@
+//! MySQL store for cluster mode (MariaDB 10.11+ or MySQL 8): a sqlx
+//! [`MySqlPool`], migrations from migrations/mysql applied by
+//! [`MySqlStore::migrate`] (`gochat migrate`), not at connect.
+//!
+//! Ids are `BIGINT UNSIGNED` and bind as `u64`. Keys compared byte for byte
+//! (`conversation_id`, `client_msg_id`) are VARBINARY, and other text columns
+//! with a `_bin` collation carry the protocol's BINARY flag too, which sqlx 0.8
+//! refuses to decode as `String`: strings are read unchecked (still validated
+//! as UTF-8).
+
+use crate::{RepoError, Store, StoredMessage, User};
+use async_trait::async_trait;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
+use sqlx::{ConnectOptions, Connection, Executor, MySql, MySqlPool, QueryBuilder, Row};
+use std::str::FromStr;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/mysql");
+
+/// Rows per multi-row INSERT (8 placeholders each; MySQL allows 65,535).
+const INSERT_ROWS_MAX: usize = 1000;
+/// Approximate payload per INSERT, well under the smallest common
+/// `max_allowed_packet` (16 MiB on MariaDB, 64 MiB on MySQL 8).
+const INSERT_BYTES_MAX: usize = 4 << 20;
+/// Keys per `messages_by_client_ids` / `existing_users` query.
+const LOOKUP_KEYS_MAX: usize = 500;
+
+#[derive(Debug, Clone)]
+pub struct MySqlStore {
+    pool: MySqlPool,
+}
+
+impl MySqlStore {
+    /// Connect a pool to the database named in `url`
+    /// (`mysql://user:pass@host:port/db`). Fails if the server is unreachable;
+    /// does not migrate.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, RepoError> {
+        let opts = MySqlConnectOptions::from_str(url)?.charset("utf8mb4");
+        if opts.get_database().is_none() {
+            return Err(no_database(url));
+        }
+        let pool = MySqlPoolOptions::new().max_connections(max_connections.max(1)).connect_with(opts).await?;
+        Ok(Self { pool })
+    }
+
+    /// Apply pending migrations from migrations/mysql.
+    pub async fn migrate(&self) -> Result<(), RepoError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Create the database named in `url` if it does not exist (utf8mb4,
+    /// `utf8mb4_unicode_ci` default; the tables set their own collations).
+    /// Connects through `information_schema`, which every account may use.
+    pub async fn create_database_if_missing(url: &str) -> Result<(), RepoError> {
+        let opts = MySqlConnectOptions::from_str(url)?;
+        let name = opts.get_database().ok_or_else(|| no_database(url))?.to_owned();
+        let mut conn = opts.database("information_schema").connect().await?;
+        let sql = format!(
+            "CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
+            quote_ident(&name)
+        );
+        let res = conn.execute(sql.as_str()).await;
+        conn.close().await.ok();
+        res?;
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+}
+
+fn no_database(url: &str) -> RepoError {
+    let shown = url.split_once('@').map_or(url, |(_, host)| host);
+    RepoError::Database(sqlx::Error::Configuration(format!("mysql url names no database: {shown}").into()))
+}
+
+/// Backtick-quote an identifier.
+fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// A text column. VARBINARY and `_bin` collations set the BINARY column
+/// flag, so the checked `try_get::<String>` would refuse them; decoding still
+/// checks UTF-8.
+fn text(r: &MySqlRow, col: &str) -> Result<String, sqlx::Error> {
+    r.try_get_unchecked::<String, _>(col)
+}
+
+fn user_from_row(r: &MySqlRow) -> Result<User, sqlx::Error> {
+    Ok(User {
+        id: r.try_get("id")?,
+        username: text(r, "username")?,
+        password_hash: text(r, "password_hash")?,
+        nickname: text(r, "nickname")?,
+        avatar_url: text(r, "avatar_url")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn message_from_row(r: &MySqlRow) -> Result<StoredMessage, sqlx::Error> {
+    Ok(StoredMessage {
+        msg_id: r.try_get("id")?,
+        conversation_id: text(r, "conversation_id")?,
+        seq: r.try_get("seq")?,
+        sender_id: r.try_get("sender_id")?,
+        client_msg_id: text(r, "client_msg_id")?,
+        content_type: text(r, "content_type")?,
+        content: text(r, "content")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+const USER_COLUMNS: &str = "id, username, password_hash, nickname, avatar_url, created_at";
+const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, sender_id, client_msg_id, content_type, content, created_at";
+
+/// Split a batch into INSERT-sized runs (rows and bytes).
+fn insert_chunks(batch: &[StoredMessage]) -> impl Iterator<Item = &[StoredMessage]> {
+    let mut rest = batch;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut n = 0;
+        while n < rest.len() && n < INSERT_ROWS_MAX {
+            let m = &rest[n];
+            bytes += m.content.len() + m.client_msg_id.len() + m.conversation_id.len() + 64;
+            if n > 0 && bytes > INSERT_BYTES_MAX {
+                break;
+            }
+            n += 1;
+        }
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+#[async_trait]
+impl Store for MySqlStore {
+    async fn create_user(&self, u: &User) -> Result<(), RepoError> {
+        sqlx::query(&format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"))
+            .bind(u.id)
+            .bind(&u.username)
+            .bind(&u.password_hash)
+            .bind(&u.nickname)
+            .bind(&u.avatar_url)
+            .bind(u.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| if is_unique_violation(&e) { RepoError::UsernameTaken } else { e.into() })?;
+        Ok(())
+    }
+
+    async fn user_by_username(&self, username: &str) -> Result<Option<User>, RepoError> {
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?"))
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn user_by_id(&self, id: u64) -> Result<Option<User>, RepoError> {
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn existing_users(&self, ids: &[u64]) -> Result<Vec<u64>, RepoError> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(LOOKUP_KEYS_MAX) {
+            let mut q: QueryBuilder<MySql> = QueryBuilder::new("SELECT id FROM users WHERE id IN (");
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(*id);
+            }
+            q.push(")");
+            for r in q.build().fetch_all(&self.pool).await? {
+                out.push(r.try_get::<u64, _>(0)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn insert_messages(&self, batch: &[StoredMessage]) -> Result<(), RepoError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for chunk in insert_chunks(batch) {
+            let mut q: QueryBuilder<MySql> = QueryBuilder::new(format!("INSERT INTO messages ({MESSAGE_COLUMNS}) "));
+            q.push_values(chunk, |mut b, m| {
+                b.push_bind(m.msg_id)
+                    .push_bind(&m.conversation_id)
+                    .push_bind(m.seq)
+                    .push_bind(m.sender_id)
+                    .push_bind(&m.client_msg_id)
+                    .push_bind(&m.content_type)
+                    .push_bind(&m.content)
+                    .push_bind(m.created_at);
+            });
+            // On error the transaction is dropped, which rolls it back.
+            q.build().execute(&mut *tx).await.map_err(|e| {
+                if is_unique_violation(&e) {
+                    RepoError::Conflict
+                } else {
+                    e.into()
+                }
+            })?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn messages_by_client_ids(&self, keys: &[(u64, String)]) -> Result<Vec<StoredMessage>, RepoError> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(LOOKUP_KEYS_MAX) {
+            let mut q: QueryBuilder<MySql> =
+                QueryBuilder::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE "));
+            for (i, (sender, cmid)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(" OR ");
+                }
+                q.push("(sender_id = ")
+                    .push_bind(*sender)
+                    .push(" AND client_msg_id = ")
+                    .push_bind(cmid.as_str())
+                    .push(")");
+            }
+            for r in &q.build().fetch_all(&self.pool).await? {
+                out.push(message_from_row(r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn max_seq(&self, conversation_id: &str) -> Result<u64, RepoError> {
+        let v: Option<u64> = sqlx::query_scalar("SELECT MAX(seq) FROM messages WHERE conversation_id = ?")
+            .bind(conversation_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn messages_after(
+        &self,
+        conversation_id: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, RepoError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq > ? ORDER BY seq ASC LIMIT ?"
+        ))
+        .bind(conversation_id)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| message_from_row(r).map_err(Into::into)).collect()
+    }
+
+    async fn ping(&self) -> Result<(), RepoError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against a real server: `GOCHAT_TEST_MYSQL_URL` (default
+    //! `mysql://root@127.0.0.1:13306`, see deploy/test-services.sh). Each test
+    //! creates, migrates and drops its own database. An unreachable server
+    //! fails the test; it is never skipped.
+
+    use super::*;
+    use crate::conformance::{msg, store_conformance, user, Case};
+    use sqlx::migrate::MigrateDatabase;
+    use std::future::Future;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    const DEFAULT_URL: &str = "mysql://root@127.0.0.1:13306";
+
+    fn server_url() -> String {
+        std::env::var("GOCHAT_TEST_MYSQL_URL").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| DEFAULT_URL.into())
+    }
+
+    /// `base` with its database path replaced by `db`, query string kept.
+    fn with_database(base: &str, db: &str) -> String {
+        let (head, query) = base.split_once('?').map_or((base, None), |(h, q)| (h, Some(q)));
+        let auth_start = head.find("://").map_or(0, |i| i + 3);
+        let path_start = head[auth_start..].find('/').map_or(head.len(), |i| auth_start + i);
+        let mut url = format!("{}/{db}", &head[..path_start]);
+        if let Some(q) = query {
+            url.push('?');
+            url.push_str(q);
+        }
+        url
+    }
+
+    fn unique_db_name() -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        format!("gochat_t_{}_{nanos}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Run `f` on a fresh, migrated database, then drop the database whether
+    /// `f` passed or panicked (the panic is re-raised).
+    async fn with_db<F, Fut>(f: F)
+    where
+        F: FnOnce(MySqlStore, String) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let base = server_url();
+        let url = with_database(&base, &unique_db_name());
+        if let Err(e) = MySqlStore::create_database_if_missing(&url).await {
+            panic!(
+                "MySQL test server at {base} is unreachable or refused CREATE DATABASE: {e}\n\
+                 start it with `deploy/test-services.sh up` or point GOCHAT_TEST_MYSQL_URL at one"
+            );
+        }
+        let store = MySqlStore::connect(&url, 4).await.expect("connect to the test database");
+        let (s, u) = (store.clone(), url.clone());
+        let outcome = tokio::spawn(async move {
+            s.migrate().await.expect("migrate the test database");
+            f(s, u).await
+        })
+        .await;
+        store.pool().close().await;
+        let dropped = MySql::drop_database(&url).await;
+        match outcome {
+            Ok(()) => dropped.expect("drop the test database"),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("test task failed: {e}"),
+        }
+    }
+
+    async fn run(case: Case) {
+        with_db(|s, _| case(Arc::new(s))).await;
+    }
+
+    store_conformance!(run);
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(with_database("mysql://root@h:1", "d"), "mysql://root@h:1/d");
+        assert_eq!(with_database("mysql://u:p@h:1/", "d"), "mysql://u:p@h:1/d");
+        assert_eq!(with_database("mysql://u:p@h:1/old?ssl-mode=disabled", "d"), "mysql://u:p@h:1/d?ssl-mode=disabled");
+        assert_eq!(quote_ident("a`b"), "`a``b`");
+    }
+
+    #[test]
+    fn batches_split_by_rows_and_bytes() {
+        let sizes = |b: &[StoredMessage]| insert_chunks(b).map(<[_]>::len).collect::<Vec<_>>();
+        assert!(sizes(&[]).is_empty());
+        let small: Vec<_> = (1..=2500).map(|q| msg(q, "s_1_2", q, 1, &q.to_string())).collect();
+        assert_eq!(sizes(&small), vec![1000, 1000, 500]);
+        let mut big: Vec<_> = (1..=5).map(|q| msg(q, "s_1_2", q, 1, &q.to_string())).collect();
+        big[0].content = "x".repeat(3 << 20);
+        big[1].content = "x".repeat(3 << 20);
+        // A row alone may exceed the byte budget; it still goes, alone.
+        big[2].content = "y".repeat(5 << 20);
+        assert_eq!(sizes(&big), vec![1, 1, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_an_error() {
+        let r = MySqlStore::create_database_if_missing("mysql://root@127.0.0.1:1/gochat_nowhere").await;
+        assert!(matches!(r, Err(RepoError::Database(_))), "{r:?}");
+        let r = MySqlStore::create_database_if_missing(&with_database(&server_url(), "")).await;
+        assert!(r.unwrap_err().to_string().contains("names no database"));
+    }
+
+    #[tokio::test]
+    async fn setup_is_idempotent_and_schema_is_as_declared() {
+        with_db(|s, url| async move {
+            MySqlStore::create_database_if_missing(&url).await.unwrap();
+            s.migrate().await.unwrap();
+            let again = MySqlStore::connect(&url, 1).await.unwrap();
+            again.migrate().await.unwrap();
+            again.pool().close().await;
+
+            let cols: Vec<(String, String, Option<String>)> = sqlx::query_as(
+                "SELECT CAST(CONCAT(TABLE_NAME, '.', COLUMN_NAME) AS CHAR), CAST(COLUMN_TYPE AS CHAR), \
+                 CAST(COLLATION_NAME AS CHAR) FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ('users', 'messages') ORDER BY 1",
+            )
+            .fetch_all(s.pool())
+            .await
+            .unwrap();
+            let find = |name: &str| cols.iter().find(|c| c.0 == name).unwrap_or_else(|| panic!("{name} in {cols:?}"));
+            assert_eq!(find("users.id").1, "bigint(20) unsigned");
+            assert_eq!(find("users.username").2.as_deref(), Some("utf8mb4_unicode_ci"));
+            assert_eq!(find("messages.seq").1, "bigint(20) unsigned");
+            assert_eq!(find("messages.client_msg_id").1, "varbinary(64)");
+            assert_eq!(find("messages.content").1, "mediumtext");
+            assert_eq!(find("messages.content").2.as_deref(), Some("utf8mb4_bin"));
+
+            let engines: Vec<(String, String)> = sqlx::query_as(
+                "SELECT CAST(ENGINE AS CHAR), CAST(TABLE_COLLATION AS CHAR) FROM information_schema.TABLES \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ('users', 'messages')",
+            )
+            .fetch_all(s.pool())
+            .await
+            .unwrap();
+            assert_eq!(engines, vec![("InnoDB".into(), "utf8mb4_bin".into()); 2]);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn multi_statement_batches_stay_atomic() {
+        with_db(|s, _| async move {
+            // Three 3 MiB rows go in three INSERTs of one transaction.
+            let mut batch: Vec<_> = (1..=3).map(|q| msg(q, "s_1_2", q, 1, &format!("big{q}"))).collect();
+            for m in &mut batch {
+                m.content = format!(r#"{{"text":"{}"}}"#, "😀".repeat(3 << 18));
+            }
+            let mut bad = batch.clone();
+            bad.push(msg(9, "s_1_2", 2, 2, "dup-seq"));
+            assert!(matches!(s.insert_messages(&bad).await, Err(RepoError::Conflict)));
+            assert_eq!(s.max_seq("s_1_2").await.unwrap(), 0);
+            s.insert_messages(&batch).await.unwrap();
+            assert_eq!(s.messages_after("s_1_2", 0, 10).await.unwrap(), batch);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_batches_on_distinct_conversations() {
+        with_db(|s, _| async move {
+            s.create_user(&user(1, "alice")).await.unwrap();
+            let tasks: Vec<_> = (0..8u64)
+                .map(|t| {
+                    let s = s.clone();
+                    tokio::spawn(async move {
+                        let cid = format!("s_1_{}", t + 2);
+                        for b in 0..20u64 {
+                            let batch: Vec<_> = (1..=10)
+                                .map(|i| {
+                                    let seq = b * 10 + i;
+                                    msg(t * 1_000_000 + seq, &cid, seq, 1, &format!("t{t}-{seq}"))
+                                })
+                                .collect();
+                            s.insert_messages(&batch).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            for t in 0..8u64 {
+                assert_eq!(s.max_seq(&format!("s_1_{}", t + 2)).await.unwrap(), 200);
+            }
+        })
+        .await;
+    }
+}

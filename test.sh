@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The whole GoChat test suite: formatting, lints, unit tests, and the
+# integration tests that drive real `gochat` processes over real sockets.
+# Idempotent; installs what it needs on a fresh Debian/Ubuntu machine with Rust
+# (cmake and libcurl headers for librdkafka; MariaDB, Redis and the tansu
+# broker for the integration tests, started privately by deploy/test-services.sh).
+#
+#   ./test.sh            everything
+#   ./test.sh --quick    skip fmt/clippy
+set -euo pipefail
+cd "$(dirname "$0")"
+
+quick=0
+[[ "${1:-}" == "--quick" ]] && quick=1
+
+log() { printf '\n==> %s\n' "$*"; }
+
+command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
+command -v cc >/dev/null || {
+  log "installing a C toolchain (build-essential) for crates with C parts"
+  if [[ $(id -u) -eq 0 ]]; then apt-get update -qq && apt-get install -y -qq build-essential; else sudo apt-get update -qq && sudo apt-get install -y -qq build-essential; fi
+}
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+# librdkafka is built from source (rdkafka's cmake-build): it needs cmake and libcurl headers.
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need+=(libcurl4-openssl-dev)
+if ((${#need[@]})); then
+  log "installing ${need[*]}"
+  as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# Private MariaDB, Redis and Kafka-protocol broker for the integration tests
+# (installed and started if missing; tests that need them fail without them).
+log "test services"
+eval "$(deploy/test-services.sh up)"
+
+if [[ $quick -eq 0 ]]; then
+  log "rustfmt"
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+  cargo fmt --all -- --check
+  log "clippy"
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
+
+log "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+  # nextest does not run doctests
+  cargo test --workspace --locked --doc
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
