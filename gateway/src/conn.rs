@@ -220,7 +220,7 @@ fn on_text(shard: &Shard, conn: &Conn, text: &mut [u8]) {
             conn.enqueue(server_text(&json), shard.settings.outbound_queue_bytes);
         }
         Inbound::Upstream { key, payload, reference } => {
-            match shard.producer.try_send(inbound::UPSTREAM_TOPIC, key.as_bytes(), None, payload) {
+            match shard.producer.try_send(&shard.settings.upstream_topic, key.as_bytes(), None, payload) {
                 Ok(()) => shard.metrics.upstream_records.inc(),
                 Err(e) => {
                     shard.metrics.upstream_backpressure.inc();
@@ -361,7 +361,7 @@ pub async fn finish(shard: &Shard, conn: &Conn) {
     conn.out.borrow_mut().clear();
     let ev = session_event(shard, conn.user_id, conn.id, session_event::Kind::Disconnect);
     if let Err(e) =
-        shard.producer.send(inbound::UPSTREAM_TOPIC, format!("u{}", conn.user_id).as_bytes(), None, ev).await
+        shard.producer.send(&shard.settings.upstream_topic, format!("u{}", conn.user_id).as_bytes(), None, ev).await
     {
         tracing::warn!(conn_id = conn.id, user_id = conn.user_id, error = %e, "disconnect event not produced");
     }
@@ -398,6 +398,7 @@ mod tests {
     fn settings() -> GatewaySettings {
         GatewaySettings {
             gateway_id: "gw0".into(),
+            upstream_topic: "im.upstream".into(),
             shards: 1,
             max_frame_bytes: 1 << 20,
             max_message_bytes: 1 << 20,

@@ -4,7 +4,6 @@
 //! is unit-tested without sockets.
 
 use bytes::Bytes;
-use gochat_common::bus::topics;
 use gochat_common::convid::ConversationId;
 use gochat_proto::bus::{ConnRef, KafkaMessage, SendMessage, SyncRequest};
 use gochat_proto::{kind, Message as _};
@@ -214,9 +213,6 @@ fn sync(v: &BorrowedValue<'_>, origin: &Origin<'_>, trace_id: impl FnOnce() -> S
     let env = KafkaMessage::wrap(kind::SYNC, trace_id(), req);
     Inbound::Upstream { key, payload: env.encode_to_vec().into(), reference: Some(cid_str.to_owned()) }
 }
-
-/// The upstream topic every record above goes to.
-pub const UPSTREAM_TOPIC: &str = topics::UPSTREAM;
 
 #[cfg(test)]
 mod tests {

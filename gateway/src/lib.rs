@@ -17,7 +17,7 @@ pub mod shard;
 
 use glommio::{LocalExecutorBuilder, Placement};
 use gochat_common::auth::JwtKeys;
-use gochat_common::bus::{Consumer, Producer};
+use gochat_common::bus::{BusError, Consumer, Producer};
 use gochat_common::config::Config;
 use metrics::ShardMetrics;
 use std::net::SocketAddr;
@@ -31,6 +31,8 @@ use tracing::info;
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
     pub gateway_id: String,
+    /// Where client sends, syncs and session events are produced.
+    pub upstream_topic: String,
     pub shards: usize,
     pub max_frame_bytes: usize,
     pub max_message_bytes: usize,
@@ -57,6 +59,7 @@ impl GatewaySettings {
         };
         Self {
             gateway_id: g.id.clone(),
+            upstream_topic: gochat_common::bus::Topics::new(&cfg.kafka.topic_prefix).upstream(),
             shards: cfg.effective_shards(),
             max_frame_bytes: g.max_frame_bytes,
             max_message_bytes: g.max_message_bytes,
@@ -73,11 +76,19 @@ impl GatewaySettings {
     }
 }
 
+/// How a shard reaches the bus. Called on the shard's own thread, so each
+/// shard can own its clients (one Kafka producer per shard: no client shared
+/// between cores).
+pub trait ShardBus: Send + Sync + 'static {
+    /// The producer shard `shard` sends upstream records with.
+    fn producer(&self, shard: u32) -> Result<Arc<dyn Producer>, BusError>;
+    /// The consumer of partition `shard` of `im.push.{gateway_id}`.
+    fn push_consumer(&self, shard: u32) -> Result<Box<dyn Consumer>, BusError>;
+}
+
 /// What the gateway is wired to.
 pub struct GatewayDeps {
-    pub producer: Arc<dyn Producer>,
-    /// One consumer per shard, of partition `i` of `im.push.{gateway_id}`.
-    pub push_consumers: Vec<Box<dyn Consumer>>,
+    pub bus: Arc<dyn ShardBus>,
     pub jwt: JwtKeys,
     pub api: Arc<dyn ApiBackend>,
 }
@@ -95,8 +106,8 @@ pub struct Gateway {
 pub enum GatewayError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("need one push consumer per shard ({shards}), got {consumers}")]
-    Consumers { shards: usize, consumers: usize },
+    #[error("shard {shard} cannot reach the bus: {reason}")]
+    Bus { shard: usize, reason: String },
     #[error("cannot start shard {shard}: {reason}")]
     Executor { shard: usize, reason: String },
 }
@@ -122,9 +133,6 @@ impl Gateway {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, GatewayError> {
         let shards = settings.shards.max(1);
-        if deps.push_consumers.len() != shards {
-            return Err(GatewayError::Consumers { shards, consumers: deps.push_consumers.len() });
-        }
         let first = bind_reuseport(listen).map_err(|source| GatewayError::Bind { addr: listen, source })?;
         let local_addr = first.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(listen);
         let mut listeners = vec![first];
@@ -137,34 +145,49 @@ impl Gateway {
         let per_shard_cap = (settings.max_connections / shards).max(1);
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let mut handles = Vec::with_capacity(shards);
-        for (i, (listener, push)) in listeners.into_iter().zip(deps.push_consumers).enumerate() {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), GatewayError>>();
+        for (i, listener) in listeners.into_iter().enumerate() {
             let fd = listener.into_raw_fd();
-            let (settings, producer, jwt, api, metrics, shutdown) = (
+            let (settings, bus, jwt, api, metrics, shutdown, ready) = (
                 settings.clone(),
-                deps.producer.clone(),
+                deps.bus.clone(),
                 deps.jwt.clone(),
                 deps.api.clone(),
                 all_metrics.clone(),
                 shutdown.clone(),
+                ready_tx.clone(),
             );
             let handle = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
                 .name(&format!("shard-{i}"))
                 .spawn(move || async move {
                     // SAFETY: fd is a bound, listening socket whose ownership moved here.
                     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-                    let shard = Rc::new(shard::Shard::new(
-                        i as u32,
-                        Rc::new(settings),
-                        producer,
-                        jwt,
-                        api,
-                        metrics,
-                        per_shard_cap,
-                    ));
+                    let clients = bus.producer(i as u32).and_then(|p| Ok((p, bus.push_consumer(i as u32)?)));
+                    let (producer, push) = match clients {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = ready.send(Err(GatewayError::Bus { shard: i, reason: e.to_string() }));
+                            return;
+                        }
+                    };
+                    let settings = Rc::new(settings);
+                    let shard =
+                        Rc::new(shard::Shard::new(i as u32, settings, producer, jwt, api, metrics, per_shard_cap));
+                    let _ = ready.send(Ok(()));
                     shard::run(shard, listener, push, shutdown).await;
                 })
                 .map_err(|e| GatewayError::Executor { shard: i, reason: e.to_string() })?;
             handles.push(handle);
+        }
+        drop(ready_tx);
+        for _ in 0..shards {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(GatewayError::Executor { shard: 0, reason: "a shard exited during start".into() })
+                }
+            }
         }
         info!(addr = %local_addr, shards, max_connections = settings.max_connections, per_shard_cap, "gateway listening");
         Ok(Self { local_addr, metrics: all_metrics, handles })

@@ -6,7 +6,7 @@
 use crate::api::{is_hop_by_hop, ApiBackend, ApiRequest};
 use crate::conn::{self, Conn};
 use crate::http::{self, RequestHead};
-use crate::inbound::{InboundLimits, UPSTREAM_TOPIC};
+use crate::inbound::InboundLimits;
 use crate::metrics::{self, ShardMetrics};
 use crate::GatewaySettings;
 use bytes::Bytes;
@@ -384,7 +384,9 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, mut
     shard.conns.borrow_mut().insert(conn_id, conn.clone());
     // Register the session with logic before the client can send anything.
     let ev = conn::session_event(&shard, user_id, conn_id, session_event::Kind::Connect);
-    if let Err(e) = shard.producer.send(UPSTREAM_TOPIC, format!("u{user_id}").as_bytes(), None, ev).await {
+    if let Err(e) =
+        shard.producer.send(&shard.settings.upstream_topic, format!("u{user_id}").as_bytes(), None, ev).await
+    {
         shard.conns.borrow_mut().remove(&conn_id);
         warn!(shard = shard.index, error = %e, "connect event not produced; refusing upgrade");
         let _ = stream.write_all(&http::error_response(503, "unavailable", "message bus unavailable", false)).await;

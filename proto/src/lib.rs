@@ -18,6 +18,8 @@ pub mod kind {
     pub const SYNC: &str = "sync";
     pub const SESSION: &str = "session";
     pub const PUSH: &str = "push";
+    /// A record logic could not process, with the reason in header `reason`.
+    pub const DEAD_LETTER: &str = "dead-letter";
 }
 
 impl bus::KafkaMessage {

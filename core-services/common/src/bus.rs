@@ -15,13 +15,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
-/// Topic names used on the message path.
-pub mod topics {
+/// Topic names used on the message path, behind an optional prefix
+/// (`kafka.topic_prefix`) so several deployments can share one broker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned() }
+    }
     /// Client sends, syncs and session events; key = conversation or user.
-    pub const UPSTREAM: &str = "im.upstream";
+    pub fn upstream(&self) -> String {
+        format!("{}im.upstream", self.prefix)
+    }
     /// Push topic of one gateway: one partition per shard.
-    pub fn push(gateway_id: &str) -> String {
-        format!("im.push.{gateway_id}")
+    pub fn push(&self, gateway_id: &str) -> String {
+        format!("{}im.push.{gateway_id}", self.prefix)
     }
 }
 

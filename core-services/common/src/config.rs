@@ -28,6 +28,9 @@ pub struct Config {
     pub logic: LogicConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
+    pub kafka: KafkaConfig,
+    pub redis: RedisConfig,
+    pub repo: RepoConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +65,85 @@ pub struct GatewayConfig {
     pub write_timeout_ms: u64,
     /// Records buffered per push partition in embedded mode.
     pub push_queue_records: usize,
+    /// Cluster mode: base URL of a logic process's REST API, where the
+    /// gateway forwards `/api/*`, `/readyz` and the logic half of `/metrics`.
+    pub api_upstream: String,
+}
+
+/// Cluster mode: the Kafka-protocol broker between gateway and logic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated `host:port`.
+    pub brokers: String,
+    /// Producer batching delay (`linger.ms`): 1 ms keeps latency low while
+    /// still batching bursts.
+    pub linger_ms: u32,
+    /// How long a fetch may wait for data (`fetch.wait.max.ms`). Apache Kafka
+    /// and Redpanda answer as soon as data arrives; tansu (the test broker)
+    /// always waits the full time, so keep this small.
+    pub fetch_wait_max_ms: u32,
+    /// Producer delivery timeout (`message.timeout.ms`).
+    pub message_timeout_ms: u32,
+    /// Records librdkafka buffers per producer before `QueueFull`
+    /// (clients then get `server_busy`).
+    pub queue_buffering_max_messages: u32,
+    /// Replication factor of topics this process creates.
+    pub replication_factor: i32,
+    /// Consumer group of the logic processes on `im.upstream`.
+    pub logic_group: String,
+    /// Where undecodable upstream records go, with the reason in a header.
+    pub dead_letter_topic: String,
+    /// Prepended to every topic name (`{prefix}im.upstream`, ...).
+    pub topic_prefix: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            linger_ms: 1,
+            fetch_wait_max_ms: 5,
+            message_timeout_ms: 30_000,
+            queue_buffering_max_messages: 100_000,
+            replication_factor: 1,
+            logic_group: "gochat-logic".into(),
+            dead_letter_topic: "im.upstream.dlq".into(),
+            topic_prefix: String::new(),
+        }
+    }
+}
+
+/// Cluster mode: Redis holds sessions, seq counters and dedup entries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Prefix of every key (lets several deployments share one Redis).
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self { url: "redis://127.0.0.1:6379".into(), key_prefix: String::new() }
+    }
+}
+
+/// Cluster mode: the repo service (gRPC in front of MySQL).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RepoConfig {
+    /// Where `gochat repo` serves gRPC.
+    pub listen: SocketAddr,
+    /// How logic reaches the repo: `http://host:port` of a `gochat repo`, or
+    /// empty to open `storage.database_url` in-process.
+    pub endpoint: String,
+}
+
+impl Default for RepoConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9100".parse().expect("static addr"), endpoint: String::new() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,6 +174,8 @@ pub struct LogicConfig {
     /// How long a (sender, client_msg_id) ack is remembered in the fast store;
     /// the database's unique key keeps deduplicating after that.
     pub dedup_ttl_secs: u64,
+    /// Cluster mode: where a logic process serves the REST API.
+    pub http_listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,6 +211,9 @@ impl Default for Config {
             logic: LogicConfig::default(),
             storage: StorageConfig::default(),
             log: LogConfig::default(),
+            kafka: KafkaConfig::default(),
+            redis: RedisConfig::default(),
+            repo: RepoConfig::default(),
         }
     }
 }
@@ -147,6 +234,7 @@ impl Default for GatewayConfig {
             idle_timeout_secs: 300,
             write_timeout_ms: 10_000,
             push_queue_records: 65_536,
+            api_upstream: "http://127.0.0.1:8081".into(),
         }
     }
 }
@@ -167,6 +255,7 @@ impl Default for LogicConfig {
             page_max: 100,
             page_default: 50,
             dedup_ttl_secs: 7 * 24 * 3600,
+            http_listen: "127.0.0.1:8081".parse().expect("static addr"),
         }
     }
 }
@@ -201,7 +290,15 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(Env::prefixed("GOCHAT_").split("__"));
+        // GOCHAT_CONFIG names the file; GOCHAT_TEST_* and the tooling
+        // directories belong to the test scripts, not to the configuration.
+        let env = Env::prefixed("GOCHAT_")
+            .filter(|k| {
+                let k = k.as_str().to_ascii_lowercase();
+                k != "config" && !k.starts_with("test_") && k != "services_dir" && k != "tools_dir"
+            })
+            .split("__");
+        fig = fig.merge(env);
         let cfg: Config = fig.extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
@@ -258,6 +355,8 @@ mod tests {
         std::fs::write(&file, "shards = 3\n[gateway]\nmax_frame_bytes = 4096\nid = \"gw-a\"\n").unwrap();
         // SAFETY: test-local variable name, set before any thread reads it.
         unsafe { std::env::set_var("GOCHAT_GATEWAY__MAX_FRAME_BYTES", "8192") };
+        // variables of the test tooling are not configuration
+        unsafe { std::env::set_var("GOCHAT_TEST_SOMETHING", "x") };
         let cfg = Config::load(Some(&file)).unwrap();
         unsafe { std::env::remove_var("GOCHAT_GATEWAY__MAX_FRAME_BYTES") };
         assert_eq!(cfg.shards, 3);

@@ -6,11 +6,11 @@
 use crate::bridge::TokioApi;
 use anyhow::Context;
 use gochat_common::auth::JwtKeys;
-use gochat_common::bus::{topics, MemoryBus};
+use gochat_common::bus::{BusError, Consumer, MemoryBus, Producer, Topics};
 use gochat_common::config::Config;
 use gochat_common::ids::Snowflake;
 use gochat_common::telemetry;
-use gochat_gateway::{Gateway, GatewayDeps, GatewaySettings};
+use gochat_gateway::{Gateway, GatewayDeps, GatewaySettings, ShardBus};
 use gochat_logic::api::{router, ApiState};
 use gochat_logic::session::MemorySessionStore;
 use gochat_logic::Logic;
@@ -93,22 +93,22 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let jwt = JwtKeys::new(&jwt_secret(&cfg)?, cfg.auth.token_ttl_secs).context("jwt secret")?;
 
         let bus = MemoryBus::new(cfg.logic.upstream_queue_records);
-        bus.create_topic(topics::UPSTREAM, cfg.logic.upstream_partitions)?;
+        let topics = Topics::new(&cfg.kafka.topic_prefix);
+        bus.create_topic(&topics.upstream(), cfg.logic.upstream_partitions)?;
         let push_bus = MemoryBus::new(cfg.gateway.push_queue_records);
-        let push_topic = topics::push(&cfg.gateway.id);
+        let push_topic = topics.push(&cfg.gateway.id);
         push_bus.create_topic(&push_topic, shards as u32)?;
 
         let ids = Arc::new(Snowflake::new(cfg.worker_id)?);
         let sessions = Arc::new(MemorySessionStore::new(DEDUP_CACHE_ENTRIES));
         let logic = Logic::new(store, sessions, push_bus.producer(), ids, cfg.logic.clone());
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-        let logic_task = tokio::spawn(logic.clone().run(bus.subscribe_all(topics::UPSTREAM)?, shutdown_rx.clone()));
+        let logic_task = tokio::spawn(logic.clone().run(bus.subscribe_all(&topics.upstream())?, shutdown_rx.clone()));
 
         let api =
             Arc::new(TokioApi::new(router(ApiState { logic, jwt: jwt.clone() }), tokio::runtime::Handle::current()));
-        let push_consumers =
-            (0..shards as u32).map(|p| push_bus.assign(&push_topic, p)).collect::<Result<Vec<_>, _>>()?;
-        let deps = GatewayDeps { producer: bus.producer(), push_consumers, jwt, api };
+        let shard_bus = Arc::new(MemoryShardBus { upstream: bus.producer(), push: push_bus.clone(), push_topic });
+        let deps = GatewayDeps { bus: shard_bus, jwt, api };
         let gateway = Gateway::start(settings, cfg.listen, deps, shutdown_rx)?;
         info!(addr = %gateway.local_addr, url = %format!("http://{}", gateway.local_addr), shards, "gochat ready");
 
@@ -122,7 +122,23 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() {
+/// The in-process bus as the shards see it.
+struct MemoryShardBus {
+    upstream: Arc<dyn Producer>,
+    push: Arc<MemoryBus>,
+    push_topic: String,
+}
+
+impl ShardBus for MemoryShardBus {
+    fn producer(&self, _shard: u32) -> Result<Arc<dyn Producer>, BusError> {
+        Ok(self.upstream.clone())
+    }
+    fn push_consumer(&self, shard: u32) -> Result<Box<dyn Consumer>, BusError> {
+        self.push.assign(&self.push_topic, shard)
+    }
+}
+
+pub async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
     tokio::select! {

@@ -6,6 +6,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bridge;
+mod cluster;
 mod dev;
 
 use clap::{Args, Parser, Subcommand};
@@ -33,7 +34,11 @@ enum Command {
     /// Run everything in one process with no external services: gateway
     /// shards, logic, repo on SQLite, in-process bus and session store.
     Dev(DevArgs),
-    /// Apply the database migrations and exit.
+    /// Cluster mode: a gateway process (glommio shards; Kafka and the JWT key only).
+    Gateway(RoleArgs),
+    /// Cluster mode: a logic process (Kafka consumer group, Redis, the store, REST API).
+    Logic(RoleArgs),
+    /// Create the database if needed and apply its migrations (SQLite or MySQL).
     Migrate(MigrateArgs),
     /// Print the effective configuration (defaults + file + environment) as TOML.
     PrintConfig,
@@ -48,6 +53,16 @@ pub struct DevArgs {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Gateway shards, one pinned executor per core [default: one per core].
+    #[arg(long)]
+    shards: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct RoleArgs {
+    /// Public address (gateway) [default: listen from config].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Gateway shards [default: one per core].
     #[arg(long)]
     shards: Option<usize>,
 }
@@ -70,6 +85,25 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+fn apply_role_args(cfg: &mut Config, args: RoleArgs) -> anyhow::Result<()> {
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(s) = args.shards {
+        cfg.shards = s;
+    }
+    cfg.validate()?;
+    Ok(())
+}
+
+/// A database URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut cfg = load_config(&cli)?;
@@ -88,6 +122,16 @@ fn main() -> anyhow::Result<()> {
             gochat_common::telemetry::init(cfg.log.format, &cfg.log.filter);
             dev::run(cfg)
         }
+        Command::Gateway(args) => {
+            apply_role_args(&mut cfg, args)?;
+            gochat_common::telemetry::init(cfg.log.format, &cfg.log.filter);
+            cluster::run_gateway(cfg)
+        }
+        Command::Logic(args) => {
+            apply_role_args(&mut cfg, args)?;
+            gochat_common::telemetry::init(cfg.log.format, &cfg.log.filter);
+            cluster::run_logic(cfg)
+        }
         Command::Migrate(args) => {
             if let Some(d) = args.data_dir {
                 cfg.data_dir = d;
@@ -98,9 +142,8 @@ fn main() -> anyhow::Result<()> {
             gochat_common::telemetry::init(cfg.log.format, &cfg.log.filter);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(async {
-                let url = dev::database_url(&cfg)?;
-                dev::open_store(&cfg, &url).await?;
-                tracing::info!(database = %url, "migrations applied");
+                let url = cluster::migrate(&cfg).await?;
+                tracing::info!(database = %redact(&url), "migrations applied");
                 anyhow::Ok(())
             })
         }

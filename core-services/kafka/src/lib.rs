@@ -8,7 +8,7 @@
 //! executor-agnostic; the runtime is only used to sleep while a full producer
 //! queue drains).
 //!
-//! Settings chosen for chat latency (see [`KafkaSettings`] and
+//! Settings chosen for chat latency (see [`KafkaConfig`] and
 //! ARCHITECTURE.md): idempotent producer with `acks=all`, `linger.ms` 1,
 //! manual offset commits after processing, a short `fetch.wait.max.ms`.
 
@@ -25,7 +25,6 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::AsyncRuntime;
 use rdkafka::{Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -33,38 +32,12 @@ use tracing::{debug, warn};
 
 pub use rdkafka::util::{NaiveRuntime, TokioRuntime};
 
-/// Broker connection and latency settings (config section `[kafka]`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct KafkaSettings {
-    /// Bootstrap servers, comma-separated `host:port`.
-    pub brokers: String,
-    /// Producer batching delay (`linger.ms`): 1 ms keeps per-message latency
-    /// low while still batching bursts.
-    pub linger_ms: u32,
-    /// How long a fetch may wait for data (`fetch.wait.max.ms`). Apache Kafka
-    /// and Redpanda answer as soon as data arrives; tansu (the test broker)
-    /// always waits the full time, so keep this small.
-    pub fetch_wait_max_ms: u32,
-    /// Producer delivery timeout (`message.timeout.ms`).
-    pub message_timeout_ms: u32,
-    /// Records librdkafka may buffer per producer before `QueueFull`.
-    pub queue_buffering_max_messages: u32,
-    /// Replication factor for topics this process creates.
-    pub replication_factor: i32,
-}
+pub use gochat_common::config::KafkaConfig;
 
-impl Default for KafkaSettings {
-    fn default() -> Self {
-        Self {
-            brokers: "127.0.0.1:9092".into(),
-            linger_ms: 1,
-            fetch_wait_max_ms: 5,
-            message_timeout_ms: 30_000,
-            queue_buffering_max_messages: 100_000,
-            replication_factor: 1,
-        }
-    }
+/// Builds rdkafka clients from the `[kafka]` settings.
+#[derive(Debug, Clone)]
+pub struct Kafka {
+    cfg: KafkaConfig,
 }
 
 fn broker_err(e: KafkaError) -> BusError {
@@ -74,10 +47,18 @@ fn broker_err(e: KafkaError) -> BusError {
     }
 }
 
-impl KafkaSettings {
+impl Kafka {
+    pub fn new(cfg: KafkaConfig) -> Self {
+        Self { cfg }
+    }
+
+    pub fn config(&self) -> &KafkaConfig {
+        &self.cfg
+    }
+
     fn base(&self, client_id: &str) -> ClientConfig {
         let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers).set("client.id", client_id).set("log_level", "4");
+        c.set("bootstrap.servers", &self.cfg.brokers).set("client.id", client_id).set("log_level", "4");
         c
     }
 
@@ -85,9 +66,9 @@ impl KafkaSettings {
         let mut c = self.base(client_id);
         c.set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", self.linger_ms.to_string())
-            .set("message.timeout.ms", self.message_timeout_ms.to_string())
-            .set("queue.buffering.max.messages", self.queue_buffering_max_messages.to_string())
+            .set("linger.ms", self.cfg.linger_ms.to_string())
+            .set("message.timeout.ms", self.cfg.message_timeout_ms.to_string())
+            .set("queue.buffering.max.messages", self.cfg.queue_buffering_max_messages.to_string())
             .set("compression.type", "none");
         c
     }
@@ -98,7 +79,7 @@ impl KafkaSettings {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
+            .set("fetch.wait.max.ms", self.cfg.fetch_wait_max_ms.to_string())
             .set("fetch.min.bytes", "1")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
@@ -146,7 +127,7 @@ impl KafkaSettings {
     /// Create `topic` with `partitions` partitions unless it exists.
     pub async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError> {
         let admin: AdminClient<DefaultClientContext> = self.base("gochat-admin").create().map_err(broker_err)?;
-        let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(self.replication_factor));
+        let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(self.cfg.replication_factor));
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = admin.create_topics([&new], &opts).await.map_err(broker_err)?;
         for r in results {

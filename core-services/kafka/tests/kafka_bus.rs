@@ -4,16 +4,16 @@
 
 use bytes::Bytes;
 use gochat_common::bus::{Consumer, Producer, Record};
-use gochat_kafka::{KafkaSettings, NaiveRuntime, TokioRuntime};
+use gochat_kafka::{Kafka, KafkaConfig, NaiveRuntime, TokioRuntime};
 use std::time::Duration;
 
-fn settings() -> KafkaSettings {
+fn settings() -> Kafka {
     let brokers = std::env::var("GOCHAT_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
     let addr: std::net::SocketAddr =
         brokers.split(',').next().unwrap().parse().expect("GOCHAT_TEST_KAFKA_BROKERS host:port");
     std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .unwrap_or_else(|e| panic!("kafka broker at {brokers} unreachable ({e}); run deploy/test-services.sh up"));
-    KafkaSettings { brokers, fetch_wait_max_ms: 5, ..Default::default() }
+    Kafka::new(KafkaConfig { brokers, fetch_wait_max_ms: 5, ..Default::default() })
 }
 
 fn unique(name: &str) -> String {

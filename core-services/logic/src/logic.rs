@@ -10,7 +10,7 @@
 use crate::frames;
 use crate::session::{AckRecord, Session, SessionStore, SessionStoreError};
 use bytes::Bytes;
-use gochat_common::bus::{topics, BusError, Consumer, Producer, Record};
+use gochat_common::bus::{BusError, Consumer, Producer, Record, Topics};
 use gochat_common::config::LogicConfig;
 use gochat_common::convid::ConversationId;
 use gochat_common::ids::Snowflake;
@@ -83,6 +83,9 @@ pub struct Logic {
     ids: Arc<Snowflake>,
     cfg: LogicConfig,
     pub metrics: Arc<LogicMetrics>,
+    /// Topic for records that cannot be processed (None: log and drop).
+    dead_letter: Option<String>,
+    topics: Topics,
     /// Users known to exist (ids are never reused), so a 1:1 send does not
     /// query the users table every time. Bounded by clearing when full.
     known_users: Mutex<HashSet<u64>>,
@@ -129,8 +132,28 @@ impl Logic {
             ids,
             cfg,
             metrics: Arc::default(),
+            dead_letter: None,
+            topics: Topics::default(),
             known_users: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Cluster mode: topic names behind a prefix, and a dead-letter topic
+    /// for records that cannot be processed.
+    pub fn clustered(
+        store: Arc<dyn Store>,
+        sessions: Arc<dyn SessionStore>,
+        producer: Arc<dyn Producer>,
+        ids: Arc<Snowflake>,
+        cfg: LogicConfig,
+        topics: Topics,
+        dead_letter: String,
+    ) -> Arc<Self> {
+        let mut logic = Self::new(store, sessions, producer, ids, cfg);
+        let inner = Arc::get_mut(&mut logic).expect("fresh Arc");
+        inner.dead_letter = Some(dead_letter);
+        inner.topics = topics;
+        logic
     }
 
     pub fn ids(&self) -> &Snowflake {
@@ -191,8 +214,7 @@ impl Logic {
             let env = match KafkaMessage::decode(rec.payload.clone()) {
                 Ok(e) => e,
                 Err(e) => {
-                    self.metrics.corrupt_records.inc();
-                    warn!(partition = rec.partition, offset = rec.offset, error = %e, "undecodable upstream record skipped");
+                    self.corrupt(rec, &format!("undecodable envelope: {e}")).await;
                     continue;
                 }
             };
@@ -200,7 +222,7 @@ impl Logic {
             match kind.as_str() {
                 kind::SEND => match bus::SendMessage::decode(env.body) {
                     Ok(s) => sends.push((env.trace_id, s)),
-                    Err(e) => self.corrupt(rec, &e.to_string()),
+                    Err(e) => self.corrupt(rec, &format!("undecodable {kind} payload: {e}")).await,
                 },
                 kind::SYNC => {
                     self.flush_sends(&mut sends).await?;
@@ -210,25 +232,38 @@ impl Logic {
                                 .instrument(tracing::info_span!("sync", trace_id = %env.trace_id))
                                 .await?
                         }
-                        Err(e) => self.corrupt(rec, &e.to_string()),
+                        Err(e) => self.corrupt(rec, &format!("undecodable {kind} payload: {e}")).await,
                     }
                 }
                 kind::SESSION => {
                     self.flush_sends(&mut sends).await?;
                     match bus::SessionEvent::decode(env.body) {
                         Ok(ev) => self.handle_session(ev).await?,
-                        Err(e) => self.corrupt(rec, &e.to_string()),
+                        Err(e) => self.corrupt(rec, &format!("undecodable {kind} payload: {e}")).await,
                     }
                 }
-                other => self.corrupt(rec, &format!("unknown record type {other:?}")),
+                other => self.corrupt(rec, &format!("unknown record type {other:?}")).await,
             }
         }
         self.flush_sends(&mut sends).await
     }
 
-    fn corrupt(&self, rec: &Record, reason: &str) {
+    /// Park an unusable record in the dead-letter topic (when configured),
+    /// with the reason, and carry on with the rest of the batch.
+    async fn corrupt(&self, rec: &Record, reason: &str) {
         self.metrics.corrupt_records.inc();
-        warn!(partition = rec.partition, offset = rec.offset, reason, "invalid upstream record skipped");
+        warn!(partition = rec.partition, offset = rec.offset, reason, "invalid upstream record dead-lettered");
+        let Some(topic) = self.dead_letter.as_deref() else { return };
+        let mut header = HashMap::new();
+        header.insert(gochat_proto::HEADER_TYPE.to_owned(), kind::DEAD_LETTER.to_owned());
+        header.insert("reason".to_owned(), reason.to_owned());
+        header.insert("source_topic".to_owned(), self.topics.upstream());
+        header.insert("source_partition".to_owned(), rec.partition.to_string());
+        header.insert("source_offset".to_owned(), rec.offset.to_string());
+        let env = KafkaMessage { trace_id: String::new(), header, body: rec.payload.clone() };
+        if let Err(e) = self.producer.send(topic, &rec.key, None, env.encode_to_vec().into()).await {
+            error!(topic, error = %e, "dead-letter record not produced");
+        }
     }
 
     async fn flush_sends(&self, sends: &mut Vec<(String, bus::SendMessage)>) -> Result<(), LogicError> {
@@ -248,6 +283,10 @@ impl Logic {
         match session_event::Kind::try_from(ev.kind) {
             Ok(session_event::Kind::Connect) => self.sessions.add_session(ev.user_id, session).await?,
             Ok(session_event::Kind::Disconnect) => self.sessions.remove_session(ev.user_id, &session).await?,
+            Ok(session_event::Kind::GatewayReset) => {
+                let purged = self.sessions.purge_gateway(&conn.gateway_id, conn.conn_id).await?;
+                info!(gateway = %conn.gateway_id, purged, "gateway restarted; stale sessions purged");
+            }
             Err(_) => warn!(kind = ev.kind, "unknown session event kind"),
         }
         debug!(user_id = ev.user_id, gateway = %conn.gateway_id, shard = conn.shard, conn_id = conn.conn_id, kind = ev.kind, "session event");
@@ -612,7 +651,7 @@ impl Logic {
         for o in out {
             let push = bus::Push { recipients: o.recipients, frame: o.frame };
             let env = KafkaMessage::wrap(kind::PUSH, String::new(), push);
-            let topic = topics::push(&o.gateway_id);
+            let topic = self.topics.push(&o.gateway_id);
             match self.producer.send(&topic, b"", Some(o.shard), env.encode_to_vec().into()).await {
                 Ok(()) => self.metrics.pushes.inc(),
                 Err(e) => {

@@ -234,7 +234,7 @@ impl SessionStore for RedisSessionStore {
         Ok(out)
     }
 
-    async fn purge_gateway(&self, gateway_id: &str) -> Result<u64, SessionStoreError> {
+    async fn purge_gateway(&self, gateway_id: &str, older_than_conn_id: u64) -> Result<u64, SessionStoreError> {
         let gw_key = self.gateway_key(gateway_id);
         let mut cursor = 0u64;
         let mut removed = 0u64;
@@ -242,8 +242,13 @@ impl SessionStore for RedisSessionStore {
             let mut scan = redis::cmd("SSCAN");
             scan.arg(&gw_key).arg(cursor).arg("COUNT").arg(PURGE_BATCH);
             let (next, members): (u64, Vec<String>) = self.idempotent("purge_gateway", &scan).await?;
+            // Only members seen and older than the new boot: sessions the
+            // restarted gateway registers meanwhile stay.
+            let members: Vec<String> = members
+                .into_iter()
+                .filter(|m| parse_gateway_member(m).is_none_or(|(_, _, conn)| conn < older_than_conn_id))
+                .collect();
             if !members.is_empty() {
-                // Only the members seen: sessions the restarted gateway registers meanwhile stay.
                 let mut pipe = redis::pipe();
                 pipe.atomic();
                 for m in &members {
@@ -497,7 +502,7 @@ pub(crate) mod tests {
         }
         let _: () = pipe.query_async(&mut st.conn.clone()).await.unwrap();
         st.add_session(1, Session { gateway_id: "other".into(), shard: 0, conn_id: 1 }).await.unwrap();
-        assert_eq!(st.purge_gateway("big").await.unwrap(), n);
+        assert_eq!(st.purge_gateway("big", u64::MAX).await.unwrap(), n);
         let all: Vec<u64> = (0..n).collect();
         assert_eq!(
             st.sessions(&all).await.unwrap(),
@@ -523,7 +528,7 @@ pub(crate) mod tests {
         assert_eq!(st.reserve_seqs("s_1_2", 1).await.unwrap(), Some(42));
         assert_eq!(st.sessions(&[1]).await.unwrap(), vec![]);
         assert_eq!(st.dedup_get(1, "a").await.unwrap(), None);
-        assert_eq!(st.purge_gateway("gw0").await.unwrap(), 0);
+        assert_eq!(st.purge_gateway("gw0", u64::MAX).await.unwrap(), 0);
         wipe(&st).await;
     }
 

@@ -39,7 +39,9 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn sessions(&self, user_ids: &[u64]) -> Result<Vec<(u64, Session)>, SessionStoreError>;
     /// Remove every session registered on `gateway_id` (the gateway restarted, so
     /// its old connections are gone); returns how many were removed.
-    async fn purge_gateway(&self, gateway_id: &str) -> Result<u64, SessionStoreError>;
+    /// Connection ids are time-based per gateway boot, so `older_than_conn_id`
+    /// (the restarted gateway's first id) spares sessions it already registered.
+    async fn purge_gateway(&self, gateway_id: &str, older_than_conn_id: u64) -> Result<u64, SessionStoreError>;
 
     /// Reserve `n` consecutive seqs of a conversation; returns the last one,
     /// or None when the counter is unknown (never initialised, or lost): the
@@ -122,12 +124,12 @@ impl SessionStore for MemorySessionStore {
         Ok(out)
     }
 
-    async fn purge_gateway(&self, gateway_id: &str) -> Result<u64, SessionStoreError> {
+    async fn purge_gateway(&self, gateway_id: &str, older_than_conn_id: u64) -> Result<u64, SessionStoreError> {
         let mut map = self.sessions.lock().expect("sessions lock");
         let mut removed = 0u64;
         map.retain(|_, list| {
             let before = list.len();
-            list.retain(|s| &*s.gateway_id != gateway_id);
+            list.retain(|s| &*s.gateway_id != gateway_id || s.conn_id >= older_than_conn_id);
             removed += (before - list.len()) as u64;
             !list.is_empty()
         });
@@ -269,16 +271,20 @@ pub(crate) mod conformance {
         st.add_session(3, s("gw0", 0, 5)).await.unwrap();
         st.add_session(4, s("gw00", 0, 6)).await.unwrap();
         st.remove_session(3, &s("gw0", 0, 5)).await.unwrap(); // already gone: not counted by the purge
-        assert_eq!(st.purge_gateway("gw0").await.unwrap(), 3);
+        assert_eq!(st.purge_gateway("gw0", u64::MAX).await.unwrap(), 3);
         assert_eq!(sorted(st.sessions(&[1, 2, 3, 4]).await.unwrap()), vec![(1, s("gw1", 0, 2)), (4, s("gw00", 0, 6))]);
-        assert_eq!(st.purge_gateway("gw0").await.unwrap(), 0);
-        assert_eq!(st.purge_gateway("nope").await.unwrap(), 0);
+        assert_eq!(st.purge_gateway("gw0", u64::MAX).await.unwrap(), 0);
+        assert_eq!(st.purge_gateway("nope", u64::MAX).await.unwrap(), 0);
         // the gateway registers again after its purge
         st.add_session(2, s("gw0", 0, 7)).await.unwrap();
         assert_eq!(st.sessions(&[2]).await.unwrap(), vec![(2, s("gw0", 0, 7))]);
         st.remove_session(1, &s("gw0", 0, 1)).await.unwrap(); // a late disconnect of a purged session
-        assert_eq!(st.purge_gateway("gw1").await.unwrap(), 1);
+        assert_eq!(st.purge_gateway("gw1", u64::MAX).await.unwrap(), 1);
         assert_eq!(sorted(st.sessions(&[1, 2, 4]).await.unwrap()), vec![(2, s("gw0", 0, 7)), (4, s("gw00", 0, 6))]);
+        // a restarted gateway's purge spares the connections of its new boot
+        st.add_session(5, s("gw0", 1, 1_000)).await.unwrap();
+        assert_eq!(st.purge_gateway("gw0", 500).await.unwrap(), 1); // conn 7 of the old boot
+        assert_eq!(st.sessions(&[2, 5]).await.unwrap(), vec![(5, s("gw0", 1, 1_000))]);
     }
 
     /// Instantiates every check above as a `#[tokio::test]` for one store:
@@ -337,7 +343,7 @@ mod tests {
     async fn memory_purge_drops_emptied_users() {
         let st = MemorySessionStore::new(2);
         st.add_session(1, s("gw0", 0, 1)).await.unwrap();
-        assert_eq!(st.purge_gateway("gw0").await.unwrap(), 1);
+        assert_eq!(st.purge_gateway("gw0", u64::MAX).await.unwrap(), 1);
         assert!(st.sessions.lock().unwrap().is_empty());
     }
 }

@@ -9,10 +9,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 /// One conformance case, bound to the store it runs on.
-pub(crate) type Case = Box<dyn FnOnce(Arc<dyn Store>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+pub type Case = Box<dyn FnOnce(Arc<dyn Store>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// Declare one `#[tokio::test]` per conformance case; `$run` is an
-/// `async fn(Case)` that provides the store.
+/// `async fn(Case)` that provides the store. The calling crate needs `tokio`
+/// (features `rt`, `macros`) among its dev-dependencies.
+#[macro_export]
 macro_rules! store_conformance {
     ($run:path) => {
         $crate::conformance::store_conformance!(@cases $run;
@@ -41,9 +43,9 @@ macro_rules! store_conformance {
         )*
     };
 }
-pub(crate) use store_conformance;
+pub use store_conformance;
 
-pub(crate) fn user(id: u64, username: &str) -> User {
+pub fn user(id: u64, username: &str) -> User {
     User {
         id,
         username: username.into(),
@@ -54,7 +56,7 @@ pub(crate) fn user(id: u64, username: &str) -> User {
     }
 }
 
-pub(crate) fn msg(id: u64, cid: &str, seq: u64, sender: u64, cmid: &str) -> StoredMessage {
+pub fn msg(id: u64, cid: &str, seq: u64, sender: u64, cmid: &str) -> StoredMessage {
     StoredMessage {
         msg_id: id,
         conversation_id: cid.into(),
@@ -72,7 +74,7 @@ fn sorted(mut v: Vec<StoredMessage>) -> Vec<StoredMessage> {
     v
 }
 
-pub(crate) async fn users_are_unique_case_insensitively(s: &dyn Store) {
+pub async fn users_are_unique_case_insensitively(s: &dyn Store) {
     s.create_user(&user(1, "Alice")).await.unwrap();
     let r = s.create_user(&user(2, "alice")).await;
     assert!(matches!(r, Err(RepoError::UsernameTaken)), "{r:?}");
@@ -83,7 +85,7 @@ pub(crate) async fn users_are_unique_case_insensitively(s: &dyn Store) {
     s.create_user(&user(4, "alice2")).await.unwrap();
 }
 
-pub(crate) async fn user_lookups(s: &dyn Store) {
+pub async fn user_lookups(s: &dyn Store) {
     let mut u = user(7, "bob.b-7_x");
     u.avatar_url = "https://example.com/a.png".into();
     s.create_user(&u).await.unwrap();
@@ -93,7 +95,7 @@ pub(crate) async fn user_lookups(s: &dyn Store) {
     assert_eq!(s.user_by_username("carol").await.unwrap(), None);
 }
 
-pub(crate) async fn existing_users(s: &dyn Store) {
+pub async fn existing_users(s: &dyn Store) {
     assert_eq!(s.existing_users(&[]).await.unwrap(), Vec::<u64>::new());
     for id in [10, 20, 30] {
         s.create_user(&user(id, &format!("user{id}"))).await.unwrap();
@@ -108,17 +110,17 @@ pub(crate) async fn existing_users(s: &dyn Store) {
     assert_eq!(found, vec![10, 20, 30]);
 }
 
-pub(crate) async fn ping(s: &dyn Store) {
+pub async fn ping(s: &dyn Store) {
     s.ping().await.unwrap();
 }
 
-pub(crate) async fn empty_batch_is_a_no_op(s: &dyn Store) {
+pub async fn empty_batch_is_a_no_op(s: &dyn Store) {
     s.insert_messages(&[]).await.unwrap();
     assert_eq!(s.messages_by_client_ids(&[]).await.unwrap(), vec![]);
     assert_eq!(s.max_seq("s_1_2").await.unwrap(), 0);
 }
 
-pub(crate) async fn duplicate_seq_refuses_the_whole_batch(s: &dyn Store) {
+pub async fn duplicate_seq_refuses_the_whole_batch(s: &dyn Store) {
     s.insert_messages(&[msg(10, "s_1_2", 1, 1, "a"), msg(11, "s_1_2", 2, 2, "a")]).await.unwrap();
     // Seq 3 is new but seq 2 is taken: nothing of the batch lands.
     let r = s.insert_messages(&[msg(12, "s_1_2", 3, 1, "b"), msg(13, "s_1_2", 2, 1, "c")]).await;
@@ -134,7 +136,7 @@ pub(crate) async fn duplicate_seq_refuses_the_whole_batch(s: &dyn Store) {
     assert_eq!(s.max_seq("s_1_2").await.unwrap(), 3);
 }
 
-pub(crate) async fn duplicate_client_msg_id_is_refused(s: &dyn Store) {
+pub async fn duplicate_client_msg_id_is_refused(s: &dyn Store) {
     s.insert_messages(&[msg(10, "s_1_2", 1, 1, "a")]).await.unwrap();
     // Same sender and client_msg_id, even in another conversation.
     let r = s.insert_messages(&[msg(11, "s_1_3", 1, 1, "a")]).await;
@@ -144,7 +146,7 @@ pub(crate) async fn duplicate_client_msg_id_is_refused(s: &dyn Store) {
     s.insert_messages(&[msg(12, "s_1_2", 2, 2, "a")]).await.unwrap();
 }
 
-pub(crate) async fn max_seq_per_conversation(s: &dyn Store) {
+pub async fn max_seq_per_conversation(s: &dyn Store) {
     assert_eq!(s.max_seq("s_1_2").await.unwrap(), 0);
     s.insert_messages(&[msg(10, "s_1_2", 1, 1, "a"), msg(11, "s_1_2", 2, 1, "b"), msg(12, "s_1_3", 7, 1, "c")])
         .await
@@ -159,7 +161,7 @@ pub(crate) async fn max_seq_per_conversation(s: &dyn Store) {
     assert_eq!(s.max_seq("s_é_😀").await.unwrap(), 0);
 }
 
-pub(crate) async fn messages_after_pages_ascending_with_limit(s: &dyn Store) {
+pub async fn messages_after_pages_ascending_with_limit(s: &dyn Store) {
     // Inserted out of order, across two batches, next to another conversation.
     let mut batch: Vec<_> = (1..=10).rev().map(|q| msg(100 + q, "s_1_2", q, 1 + q % 2, &format!("m{q}"))).collect();
     batch.push(msg(500, "s_1_3", 1, 1, "other"));
@@ -182,7 +184,7 @@ pub(crate) async fn messages_after_pages_ascending_with_limit(s: &dyn Store) {
     assert_eq!(seqs(&s.messages_after("s_1_3", 0, 100).await.unwrap()), vec![1]);
 }
 
-pub(crate) async fn messages_by_client_ids(s: &dyn Store) {
+pub async fn messages_by_client_ids(s: &dyn Store) {
     let stored = vec![msg(10, "s_1_2", 1, 1, "a"), msg(11, "s_1_2", 2, 2, "a"), msg(12, "s_1_2", 3, 1, "b")];
     s.insert_messages(&stored).await.unwrap();
     let found = s.messages_by_client_ids(&[(1, "a".into()), (2, "a".into()), (3, "a".into())]).await.unwrap();
@@ -194,7 +196,7 @@ pub(crate) async fn messages_by_client_ids(s: &dyn Store) {
     assert_eq!(s.messages_by_client_ids(&keys).await.unwrap(), vec![stored[2].clone()]);
 }
 
-pub(crate) async fn client_msg_id_is_case_sensitive(s: &dyn Store) {
+pub async fn client_msg_id_is_case_sensitive(s: &dyn Store) {
     s.insert_messages(&[msg(10, "s_1_2", 1, 1, "A")]).await.unwrap();
     assert!(s.messages_by_client_ids(&[(1, "a".into())]).await.unwrap().is_empty());
     s.insert_messages(&[msg(11, "s_1_2", 2, 1, "a")]).await.unwrap();
@@ -208,7 +210,7 @@ pub(crate) async fn client_msg_id_is_case_sensitive(s: &dyn Store) {
     assert_eq!(found, vec![msg(12, "s_1_2", 3, 1, "a ")]);
 }
 
-pub(crate) async fn ids_above_2_pow_63_round_trip(s: &dyn Store) {
+pub async fn ids_above_2_pow_63_round_trip(s: &dyn Store) {
     let (uid, peer, mid) = (u64::MAX - 5, (1u64 << 63) + 1, u64::MAX - 1);
     let u = user(uid, "big");
     s.create_user(&u).await.unwrap();
@@ -227,7 +229,7 @@ pub(crate) async fn ids_above_2_pow_63_round_trip(s: &dyn Store) {
     assert_eq!(s.max_seq(&cid).await.unwrap(), 2);
 }
 
-pub(crate) async fn utf8mb4_content_round_trips(s: &dyn Store) {
+pub async fn utf8mb4_content_round_trips(s: &dyn Store) {
     let mut m = msg(10, "s_1_2", 1, 1, "émoji-😀");
     m.content = r#"{"text":"héllo 😀👍🏽 𝄞 中文 \u0000"}"#.into();
     s.insert_messages(std::slice::from_ref(&m)).await.unwrap();
@@ -241,7 +243,7 @@ pub(crate) async fn utf8mb4_content_round_trips(s: &dyn Store) {
     assert_eq!(s.user_by_id(3).await.unwrap(), Some(u));
 }
 
-pub(crate) async fn batch_of_500_is_atomic(s: &dyn Store) {
+pub async fn batch_of_500_is_atomic(s: &dyn Store) {
     let batch: Vec<_> = (1..=500).map(|q| msg(1000 + q, "s_1_2", q, 1, &format!("c{q}"))).collect();
     s.insert_messages(&batch).await.unwrap();
     assert_eq!(s.max_seq("s_1_2").await.unwrap(), 500);

@@ -7,8 +7,8 @@
 //! Invariants the schema enforces, whatever the caller does:
 //! UNIQUE (conversation_id, seq) and UNIQUE (sender_id, client_msg_id).
 
-#[cfg(test)]
-mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod mysql;
 pub mod sqlite;
 
@@ -24,6 +24,10 @@ pub enum RepoError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The remote repo (`gochat repo` over gRPC) could not be reached or
+    /// failed in a way that has no variant of its own.
+    #[error("repo rpc failed: {0}")]
+    Rpc(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -41,46 +41,28 @@ impl Server {
 
     /// Start `gochat dev` and wait for its "gochat ready" log line.
     pub fn start_with(data_dir: &Path, shards: usize, env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gochat"));
-        cmd.args([
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            &shards.to_string(),
-            "--log-format",
-            "json",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn gochat");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // Keep draining so the server never blocks on a full pipe.
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if std::env::var_os("GOCHAT_TEST_LOGS").is_some() {
-                    eprintln!("[server] {line}");
-                }
-                if !sent {
-                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                        if v["message"] == "gochat ready" {
-                            let _ = tx.send(v["addr"].as_str().unwrap().to_owned());
-                            sent = true;
-                        }
-                    }
-                }
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(30)).expect("server did not report ready").parse().unwrap();
+        let shards = shards.to_string();
+        let mut args = vec!["dev", "--listen", "127.0.0.1:0", "--shards", shards.as_str(), "--data-dir"];
+        let dir = data_dir.to_str().unwrap().to_owned();
+        args.push(&dir);
+        let (child, ready) = spawn_ready(&args, env);
+        let addr = ready["addr"].as_str().unwrap().parse().unwrap();
         Server { child, addr, data_dir: data_dir.to_owned(), http: reqwest::Client::new() }
+    }
+
+    /// A process already started with [`spawn_ready`], reachable over HTTP at `addr`.
+    pub fn attach(child: Child, addr: SocketAddr) -> Self {
+        Server { child, addr, data_dir: PathBuf::new(), http: reqwest::Client::new() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: a crash, no cleanup.
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -166,6 +148,43 @@ impl Server {
                 Some((k.to_owned(), v.parse().ok()?))
             })
             .collect()
+    }
+}
+
+/// Run `gochat ARGS` (JSON logs) and wait for its "gochat ready" line, which is returned.
+pub fn spawn_ready(args: &[&str], env: &[(&str, &str)]) -> (Child, Value) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gochat"));
+    cmd.args(args).args(["--log-format", "json"]).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn gochat");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let tag = args.first().copied().unwrap_or("").to_owned();
+    std::thread::spawn(move || {
+        // Keep draining so the process never blocks on a full pipe.
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if std::env::var_os("GOCHAT_TEST_LOGS").is_some() {
+                eprintln!("[{tag}] {line}");
+            }
+            if !sent {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["message"] == "gochat ready" {
+                        let _ = tx.send(v);
+                        sent = true;
+                    }
+                }
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(v) => (child, v),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("gochat {args:?} did not report ready (set GOCHAT_TEST_LOGS=1 to see its logs)");
+        }
     }
 }
 

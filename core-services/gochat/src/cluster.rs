@@ -1,0 +1,237 @@
+//! Cluster mode: each role in its own process. `gochat gateway` (glommio
+//! shards talking only to Kafka), `gochat logic` (tokio: Kafka consumer
+//! group, Redis, the repo, REST API), `gochat migrate`. The business logic is
+//! the same code as `gochat dev`; only the implementations behind the bus,
+//! store and session-store traits change.
+
+use crate::dev::wait_for_signal;
+use anyhow::Context;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use gochat_common::auth::JwtKeys;
+use gochat_common::bus::{BusError, Consumer, Producer, Topics};
+use gochat_common::config::Config;
+use gochat_common::ids::Snowflake;
+use gochat_common::telemetry;
+use gochat_gateway::api::{ApiBackend, ApiRequest, ApiResponse};
+use gochat_gateway::{Gateway, GatewayDeps, GatewaySettings, ShardBus};
+use gochat_kafka::{Kafka, NaiveRuntime, TokioRuntime};
+use gochat_logic::api::{router, ApiState};
+use gochat_logic::redis_store::RedisSessionStore;
+use gochat_logic::Logic;
+use gochat_proto::bus::{session_event, ConnRef, KafkaMessage, SessionEvent};
+use gochat_proto::{kind, Message as _};
+use gochat_repo::mysql::MySqlStore;
+use gochat_repo::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::info;
+
+fn jwt(cfg: &Config) -> anyhow::Result<JwtKeys> {
+    anyhow::ensure!(
+        !cfg.auth.jwt_secret.is_empty(),
+        "cluster mode needs auth.jwt_secret (GOCHAT_AUTH__JWT_SECRET), shared by gateways and logic"
+    );
+    Ok(JwtKeys::new(cfg.auth.jwt_secret.as_bytes(), cfg.auth.token_ttl_secs)?)
+}
+
+/// Open the configured store in-process (MySQL, or SQLite for a single node).
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let url = &cfg.storage.database_url;
+    if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+        let store = MySqlStore::connect(url, cfg.storage.max_connections).await.context("connecting to MySQL")?;
+        Ok(Arc::new(store))
+    } else {
+        let url = crate::dev::database_url(cfg)?;
+        Ok(Arc::new(crate::dev::open_store(cfg, &url).await?))
+    }
+}
+
+/// `gochat migrate`: create the database if needed and apply migrations.
+pub async fn migrate(cfg: &Config) -> anyhow::Result<String> {
+    let url = crate::dev::database_url(cfg)?;
+    if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+        MySqlStore::create_database_if_missing(&url).await.context("creating the database")?;
+        let store = MySqlStore::connect(&url, 1).await.context("connecting to MySQL")?;
+        store.migrate().await.context("applying migrations/mysql")?;
+    } else {
+        crate::dev::open_store(cfg, &url).await?;
+    }
+    Ok(url)
+}
+
+// ---------------------------------------------------------------- gateway
+
+/// Kafka as the shards see it: each shard creates its own producer and
+/// consumes its own partition of the push topic.
+struct KafkaShardBus {
+    kafka: Kafka,
+    gateway_id: String,
+    push_topic: String,
+}
+
+impl ShardBus for KafkaShardBus {
+    fn producer(&self, shard: u32) -> Result<Arc<dyn Producer>, BusError> {
+        Ok(Arc::new(self.kafka.producer::<NaiveRuntime>(&format!("{}-shard-{shard}", self.gateway_id))?))
+    }
+    fn push_consumer(&self, shard: u32) -> Result<Box<dyn Consumer>, BusError> {
+        let client = format!("{}-push-{shard}", self.gateway_id);
+        Ok(Box::new(self.kafka.partition_consumer::<NaiveRuntime>(&client, &self.push_topic, shard)?))
+    }
+}
+
+/// REST forwarded to a logic process over HTTP/1.1 (the gateway's own tokio
+/// runtime drives the client; the shard awaits a oneshot).
+struct HttpApi {
+    client: reqwest::Client,
+    base: String,
+    runtime: tokio::runtime::Handle,
+}
+
+fn api_error(status: u16, code: &str, message: &str) -> ApiResponse {
+    let body = serde_error(code, message);
+    ApiResponse { status, headers: vec![("content-type".into(), "application/json".into())], body }
+}
+
+fn serde_error(code: &str, message: &str) -> Bytes {
+    Bytes::from(format!(r#"{{"error":{{"code":"{code}","message":"{}"}}}}"#, message.replace('"', "'")))
+}
+
+impl ApiBackend for HttpApi {
+    fn call(&self, req: ApiRequest) -> BoxFuture<'static, ApiResponse> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let client = self.client.clone();
+        let url = format!("{}{}", self.base, req.target);
+        self.runtime.spawn(async move {
+            let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::GET);
+            let mut rb = client.request(method, &url).body(req.body);
+            for (k, v) in &req.headers {
+                if k != "host" && k != "content-length" {
+                    rb = rb.header(k.as_str(), v.as_slice());
+                }
+            }
+            let resp = match rb.send().await {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let headers = r
+                        .headers()
+                        .iter()
+                        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
+                        .filter(|(k, _)| k != "content-length" && k != "transfer-encoding" && k != "connection")
+                        .collect();
+                    match r.bytes().await {
+                        Ok(body) => ApiResponse { status, headers, body },
+                        Err(e) => api_error(502, "bad_gateway", &e.to_string()),
+                    }
+                }
+                Err(e) => api_error(503, "unavailable", &format!("logic unreachable: {e}")),
+            };
+            let _ = tx.send(resp);
+        });
+        Box::pin(async move { rx.await.unwrap_or_else(|_| api_error(503, "unavailable", "gateway runtime stopped")) })
+    }
+}
+
+pub fn run_gateway(cfg: Config) -> anyhow::Result<()> {
+    let (soft, hard) = telemetry::nofile_limit();
+    let raised = telemetry::raise_nofile_limit();
+    let shards = cfg.effective_shards();
+    let settings = GatewaySettings::from_config(&cfg, raised);
+    info!(gateway = %cfg.gateway.id, nofile_soft = soft, nofile_hard = hard, nofile_now = raised, shards,
+          max_connections = settings.max_connections, "starting gochat gateway");
+    let jwt = jwt(&cfg)?;
+    let topics = Topics::new(&cfg.kafka.topic_prefix);
+    let kafka = Kafka::new(cfg.kafka.clone());
+    // A small runtime for admin calls and the REST forwarder; shards never block on it.
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().thread_name("gw-tokio").build()?;
+    let push_topic = topics.push(&cfg.gateway.id);
+    runtime
+        .block_on(async {
+            kafka.ensure_topic(&topics.upstream(), cfg.logic.upstream_partitions).await?;
+            kafka.ensure_topic(&push_topic, shards as u32).await?;
+            // Sessions this gateway registered in an earlier life are gone: tell
+            // logic, before any new connection registers (conn ids are >= boot).
+            let boot = (gochat_common::now_ms() as u64) << 16;
+            let ev = SessionEvent {
+                kind: session_event::Kind::GatewayReset as i32,
+                user_id: 0,
+                conn: Some(ConnRef { gateway_id: cfg.gateway.id.clone(), shard: 0, conn_id: boot }),
+                at_ms: gochat_common::now_ms(),
+            };
+            let env = KafkaMessage::wrap(kind::SESSION, String::new(), ev);
+            let producer = kafka.producer::<TokioRuntime>(&format!("{}-admin", cfg.gateway.id))?;
+            producer
+                .send(&topics.upstream(), format!("gw:{}", cfg.gateway.id).as_bytes(), None, env.encode_to_vec().into())
+                .await?;
+            anyhow::Ok(())
+        })
+        .context("preparing kafka topics")?;
+
+    let api = Arc::new(HttpApi {
+        client: reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(64).build()?,
+        base: cfg.gateway.api_upstream.trim_end_matches('/').to_owned(),
+        runtime: runtime.handle().clone(),
+    });
+    let bus = Arc::new(KafkaShardBus { kafka, gateway_id: cfg.gateway.id.clone(), push_topic });
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let gateway = Gateway::start(settings, cfg.listen, GatewayDeps { bus, jwt, api }, shutdown_rx)?;
+    info!(addr = %gateway.local_addr, gateway = %cfg.gateway.id, shards, "gochat ready");
+    runtime.block_on(wait_for_signal());
+    info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    gateway.join();
+    info!("stopped");
+    Ok(())
+}
+
+// ------------------------------------------------------------------ logic
+
+pub fn run_logic(cfg: Config) -> anyhow::Result<()> {
+    info!(worker_id = cfg.worker_id, version = env!("CARGO_PKG_VERSION"), "starting gochat logic");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("logic").build()?;
+    runtime.block_on(async move {
+        let jwt = jwt(&cfg)?;
+        let topics = Topics::new(&cfg.kafka.topic_prefix);
+        let kafka = Kafka::new(cfg.kafka.clone());
+        kafka.ensure_topic(&topics.upstream(), cfg.logic.upstream_partitions).await.context("creating im.upstream")?;
+        let dlq = format!("{}{}", cfg.kafka.topic_prefix, cfg.kafka.dead_letter_topic);
+        kafka.ensure_topic(&dlq, 1).await.context("creating the dead-letter topic")?;
+
+        let store: Arc<dyn Store> = open_store(&cfg).await?;
+        let sessions = Arc::new(
+            RedisSessionStore::connect(&cfg.redis.url, &cfg.redis.key_prefix).await.context("connecting to Redis")?,
+        );
+        let client_id = format!("logic-{}", cfg.worker_id);
+        let producer = Arc::new(kafka.producer::<TokioRuntime>(&client_id)?);
+        let group = format!("{}{}", cfg.kafka.topic_prefix, cfg.kafka.logic_group);
+        let consumer = kafka.group_consumer::<TokioRuntime>(&client_id, &group, &topics.upstream())?;
+        let ids = Arc::new(Snowflake::new(cfg.worker_id)?);
+        let logic = Logic::clustered(store, sessions, producer.clone(), ids, cfg.logic.clone(), topics, dlq);
+
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let worker = tokio::spawn(logic.clone().run(Box::new(consumer), shutdown_rx.clone()));
+        let listener = tokio::net::TcpListener::bind(cfg.logic.http_listen)
+            .await
+            .with_context(|| format!("binding {}", cfg.logic.http_listen))?;
+        let http_addr = listener.local_addr()?;
+        let app = router(ApiState { logic, jwt });
+        let mut http_shutdown = shutdown_rx.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_shutdown.wait_for(|v| *v).await;
+                })
+                .await
+        });
+        info!(http = %http_addr, group, "gochat ready");
+        wait_for_signal().await;
+        info!("shutting down");
+        let _ = shutdown_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+        let _ = producer.flush(Duration::from_secs(5));
+        info!("stopped");
+        anyhow::Ok(())
+    })
+}

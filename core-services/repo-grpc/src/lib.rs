@@ -1,0 +1,481 @@
+//! The repo over gRPC. In cluster mode `gochat repo` runs as its own process
+//! in front of the database, serving [`service`] (and grpc.health.v1) with
+//! [`serve`]; logic persists through this client when the repo runs as its
+//! own process: [`RepoClient`] implements [`gochat_repo::Store`], so the
+//! message path (dedup → seq → persist → ack + push) is the same code as with
+//! an in-process `SqliteStore`/`MySqlStore`, and an ack still means the
+//! batch's transaction committed on the far side.
+//!
+//! Errors cross the wire as gRPC statuses with a google.rpc-compatible
+//! `ErrorInfo` detail (see proto/gochat_repo.proto): `UsernameTaken` and
+//! `Conflict` come back as themselves, everything else (database,
+//! transport, deadline) as [`RepoError::Rpc`].
+
+use async_trait::async_trait;
+use gochat_repo::{RepoError, Store, StoredMessage, User};
+use prost::Message as _;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Code, Request, Response, Status};
+
+/// Generated messages, server and client of `gochat.repo.v1`.
+#[allow(clippy::all)]
+pub mod pb {
+    tonic::include_proto!("gochat.repo.v1");
+}
+
+use pb::repo_server::{Repo, RepoServer};
+
+/// Largest request or response either side accepts or sends (large
+/// `insert_messages` batches and `messages_after` pages).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// How long the client waits for a TCP connection to the repo.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of one call, end to end.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `ErrorInfo.domain` of the errors this service raises.
+const ERROR_DOMAIN: &str = "gochat.repo.v1";
+const ERROR_INFO_TYPE_URL: &str = "type.googleapis.com/google.rpc.ErrorInfo";
+const REASON_USERNAME_TAKEN: &str = "USERNAME_TAKEN";
+const REASON_CONFLICT: &str = "CONFLICT";
+const REASON_DATABASE: &str = "DATABASE";
+const REASON_MIGRATE: &str = "MIGRATE";
+const REASON_RPC: &str = "RPC";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("grpc server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+// ---------------------------------------------------------------- server
+
+/// The `gochat.repo.v1.Repo` implementation over any [`Store`].
+#[derive(Clone)]
+pub struct RepoService {
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for RepoService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoService").finish_non_exhaustive()
+    }
+}
+
+/// The Repo service over `store`, ready for `Server::builder().add_service`,
+/// with [`MAX_MESSAGE_BYTES`] limits.
+pub fn service(store: Arc<dyn Store>) -> RepoServer<RepoService> {
+    RepoServer::new(RepoService { store })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// Serve the Repo service and grpc.health.v1 (SERVING for
+/// `gochat.repo.v1.Repo` and for the whole server) on an already-bound
+/// listener until `shutdown` completes, then drain in-flight calls.
+pub async fn serve(
+    store: Arc<dyn Store>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<RepoServer<RepoService>>().await;
+    let addr = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, "repo grpc service listening");
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    Server::builder()
+        .add_service(health_service)
+        .add_service(service(store))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    tracing::info!(addr = ?addr, "repo grpc service stopped");
+    Ok(())
+}
+
+fn required<T>(v: Option<T>, field: &str) -> Result<T, Status> {
+    v.ok_or_else(|| Status::invalid_argument(format!("missing field {field}")))
+}
+
+#[async_trait]
+impl Repo for RepoService {
+    async fn create_user(
+        &self,
+        req: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        let user = user_from_pb(required(req.into_inner().user, "user")?);
+        self.store.create_user(&user).await.map_err(|e| to_status("create_user", e))?;
+        Ok(Response::new(pb::CreateUserResponse {}))
+    }
+
+    async fn user_by_username(
+        &self,
+        req: Request<pb::UserByUsernameRequest>,
+    ) -> Result<Response<pb::UserResponse>, Status> {
+        let user = self
+            .store
+            .user_by_username(&req.into_inner().username)
+            .await
+            .map_err(|e| to_status("user_by_username", e))?;
+        Ok(Response::new(pb::UserResponse { user: user.map(user_to_pb) }))
+    }
+
+    async fn user_by_id(&self, req: Request<pb::UserByIdRequest>) -> Result<Response<pb::UserResponse>, Status> {
+        let user = self.store.user_by_id(req.into_inner().id).await.map_err(|e| to_status("user_by_id", e))?;
+        Ok(Response::new(pb::UserResponse { user: user.map(user_to_pb) }))
+    }
+
+    async fn existing_users(
+        &self,
+        req: Request<pb::ExistingUsersRequest>,
+    ) -> Result<Response<pb::ExistingUsersResponse>, Status> {
+        let ids = self.store.existing_users(&req.into_inner().ids).await.map_err(|e| to_status("existing_users", e))?;
+        Ok(Response::new(pb::ExistingUsersResponse { ids }))
+    }
+
+    async fn insert_messages(
+        &self,
+        req: Request<pb::InsertMessagesRequest>,
+    ) -> Result<Response<pb::InsertMessagesResponse>, Status> {
+        let batch: Vec<StoredMessage> = req.into_inner().messages.into_iter().map(message_from_pb).collect();
+        self.store.insert_messages(&batch).await.map_err(|e| to_status("insert_messages", e))?;
+        Ok(Response::new(pb::InsertMessagesResponse {}))
+    }
+
+    async fn messages_by_client_ids(
+        &self,
+        req: Request<pb::MessagesByClientIdsRequest>,
+    ) -> Result<Response<pb::MessagesResponse>, Status> {
+        let keys: Vec<(u64, String)> =
+            req.into_inner().keys.into_iter().map(|k| (k.sender_id, k.client_msg_id)).collect();
+        let found =
+            self.store.messages_by_client_ids(&keys).await.map_err(|e| to_status("messages_by_client_ids", e))?;
+        Ok(Response::new(pb::MessagesResponse { messages: found.into_iter().map(message_to_pb).collect() }))
+    }
+
+    async fn max_seq(&self, req: Request<pb::MaxSeqRequest>) -> Result<Response<pb::MaxSeqResponse>, Status> {
+        let max_seq =
+            self.store.max_seq(&req.into_inner().conversation_id).await.map_err(|e| to_status("max_seq", e))?;
+        Ok(Response::new(pb::MaxSeqResponse { max_seq }))
+    }
+
+    async fn messages_after(
+        &self,
+        req: Request<pb::MessagesAfterRequest>,
+    ) -> Result<Response<pb::MessagesResponse>, Status> {
+        let r = req.into_inner();
+        let page = self
+            .store
+            .messages_after(&r.conversation_id, r.after_seq, r.limit)
+            .await
+            .map_err(|e| to_status("messages_after", e))?;
+        Ok(Response::new(pb::MessagesResponse { messages: page.into_iter().map(message_to_pb).collect() }))
+    }
+
+    async fn ping(&self, _req: Request<pb::PingRequest>) -> Result<Response<pb::PingResponse>, Status> {
+        self.store.ping().await.map_err(|e| to_status("ping", e))?;
+        Ok(Response::new(pb::PingResponse {}))
+    }
+}
+
+/// A store error as the status the client maps back (see the proto).
+fn to_status(rpc: &'static str, e: RepoError) -> Status {
+    let (code, reason) = match &e {
+        RepoError::UsernameTaken => (Code::AlreadyExists, REASON_USERNAME_TAKEN),
+        RepoError::Conflict => (Code::Aborted, REASON_CONFLICT),
+        RepoError::Database(db) => (database_code(db), REASON_DATABASE),
+        RepoError::Migrate(_) => (Code::Internal, REASON_MIGRATE),
+        RepoError::Rpc(_) => (Code::Unavailable, REASON_RPC),
+    };
+    match code {
+        Code::AlreadyExists | Code::Aborted => tracing::debug!(rpc, error = %e, "repo call refused"),
+        _ => tracing::warn!(rpc, code = ?code, error = %e, "repo call failed"),
+    }
+    let message = e.to_string();
+    let info = pb::ErrorInfo { reason: reason.into(), domain: ERROR_DOMAIN.into() };
+    let details = pb::RpcStatus {
+        code: code as i32,
+        message: message.clone(),
+        details: vec![pb::AnyDetail { type_url: ERROR_INFO_TYPE_URL.into(), value: info.encode_to_vec() }],
+    };
+    Status::with_details(code, message, details.encode_to_vec().into())
+}
+
+/// UNAVAILABLE for failures a retry may cure (no connection, pool
+/// exhausted), INTERNAL otherwise.
+fn database_code(e: &sqlx::Error) -> Code {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => Code::Unavailable,
+        _ => Code::Internal,
+    }
+}
+
+// ---------------------------------------------------------------- client
+
+/// [`Store`] over gRPC to a `gochat repo` process. Cheap to clone (clones
+/// share one HTTP/2 channel); the channel connects lazily and reconnects
+/// after the server went away, so a call while the repo is down fails with
+/// [`RepoError::Rpc`] and a later one succeeds once it is back.
+#[derive(Debug, Clone)]
+pub struct RepoClient {
+    inner: pb::repo_client::RepoClient<Channel>,
+}
+
+impl RepoClient {
+    /// A client of the repo at `endpoint` (`http://host:port`, or bare
+    /// `host:port`). Does not connect yet; needs a tokio runtime (it spawns
+    /// the channel's worker) and fails with [`RepoError::Rpc`] outside one.
+    pub fn connect(endpoint: &str) -> Result<Self, RepoError> {
+        let uri = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| RepoError::Rpc(format!("invalid repo endpoint {endpoint:?}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .tcp_nodelay(true);
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(RepoError::Rpc("repo client needs a tokio runtime".into()));
+        }
+        Ok(Self::from_channel(endpoint.connect_lazy()))
+    }
+
+    /// A client over an existing channel (limits set to [`MAX_MESSAGE_BYTES`]).
+    pub fn from_channel(channel: Channel) -> Self {
+        let inner = pb::repo_client::RepoClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Self { inner }
+    }
+
+    fn client(&self) -> pb::repo_client::RepoClient<Channel> {
+        self.inner.clone()
+    }
+}
+
+#[async_trait]
+impl Store for RepoClient {
+    async fn create_user(&self, user: &User) -> Result<(), RepoError> {
+        let req = pb::CreateUserRequest { user: Some(user_to_pb(user.clone())) };
+        self.client().create_user(req).await.map_err(from_status)?;
+        Ok(())
+    }
+
+    async fn user_by_username(&self, username: &str) -> Result<Option<User>, RepoError> {
+        let req = pb::UserByUsernameRequest { username: username.to_owned() };
+        let resp = self.client().user_by_username(req).await.map_err(from_status)?;
+        Ok(resp.into_inner().user.map(user_from_pb))
+    }
+
+    async fn user_by_id(&self, id: u64) -> Result<Option<User>, RepoError> {
+        let resp = self.client().user_by_id(pb::UserByIdRequest { id }).await.map_err(from_status)?;
+        Ok(resp.into_inner().user.map(user_from_pb))
+    }
+
+    async fn existing_users(&self, ids: &[u64]) -> Result<Vec<u64>, RepoError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let req = pb::ExistingUsersRequest { ids: ids.to_vec() };
+        let resp = self.client().existing_users(req).await.map_err(from_status)?;
+        Ok(resp.into_inner().ids)
+    }
+
+    async fn insert_messages(&self, batch: &[StoredMessage]) -> Result<(), RepoError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let req = pb::InsertMessagesRequest { messages: batch.iter().cloned().map(message_to_pb).collect() };
+        self.client().insert_messages(req).await.map_err(from_status)?;
+        Ok(())
+    }
+
+    async fn messages_by_client_ids(&self, keys: &[(u64, String)]) -> Result<Vec<StoredMessage>, RepoError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = keys.iter().map(|(s, c)| pb::ClientKey { sender_id: *s, client_msg_id: c.clone() }).collect();
+        let resp =
+            self.client().messages_by_client_ids(pb::MessagesByClientIdsRequest { keys }).await.map_err(from_status)?;
+        Ok(resp.into_inner().messages.into_iter().map(message_from_pb).collect())
+    }
+
+    async fn max_seq(&self, conversation_id: &str) -> Result<u64, RepoError> {
+        let req = pb::MaxSeqRequest { conversation_id: conversation_id.to_owned() };
+        let resp = self.client().max_seq(req).await.map_err(from_status)?;
+        Ok(resp.into_inner().max_seq)
+    }
+
+    async fn messages_after(
+        &self,
+        conversation_id: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, RepoError> {
+        let req = pb::MessagesAfterRequest { conversation_id: conversation_id.to_owned(), after_seq, limit };
+        let resp = self.client().messages_after(req).await.map_err(from_status)?;
+        Ok(resp.into_inner().messages.into_iter().map(message_from_pb).collect())
+    }
+
+    async fn ping(&self) -> Result<(), RepoError> {
+        self.client().ping(pb::PingRequest {}).await.map_err(from_status)?;
+        Ok(())
+    }
+}
+
+/// The `ErrorInfo.reason` of a status raised by this service, if any.
+fn error_reason(status: &Status) -> Option<String> {
+    let details = pb::RpcStatus::decode(status.details()).ok()?;
+    details.details.iter().filter(|d| d.type_url == ERROR_INFO_TYPE_URL).find_map(|d| {
+        let info = pb::ErrorInfo::decode(d.value.as_slice()).ok()?;
+        (info.domain == ERROR_DOMAIN).then_some(info.reason)
+    })
+}
+
+/// A status back into the [`RepoError`] the server's store returned.
+fn from_status(status: Status) -> RepoError {
+    match (status.code(), error_reason(&status).as_deref()) {
+        (Code::AlreadyExists, Some(REASON_USERNAME_TAKEN)) => RepoError::UsernameTaken,
+        (Code::Aborted, Some(REASON_CONFLICT)) => RepoError::Conflict,
+        (code, _) => {
+            let name = format!("{code:?}").to_lowercase();
+            let msg = format!("{name}: {}", status.message());
+            tracing::debug!(code = ?code, error = %msg, "repo rpc failed");
+            RepoError::Rpc(msg)
+        }
+    }
+}
+
+// ------------------------------------------------------------ conversions
+
+fn user_to_pb(u: User) -> pb::User {
+    pb::User {
+        id: u.id,
+        username: u.username,
+        password_hash: u.password_hash,
+        nickname: u.nickname,
+        avatar_url: u.avatar_url,
+        created_at: u.created_at,
+    }
+}
+
+fn user_from_pb(u: pb::User) -> User {
+    User {
+        id: u.id,
+        username: u.username,
+        password_hash: u.password_hash,
+        nickname: u.nickname,
+        avatar_url: u.avatar_url,
+        created_at: u.created_at,
+    }
+}
+
+fn message_to_pb(m: StoredMessage) -> pb::StoredMessage {
+    pb::StoredMessage {
+        msg_id: m.msg_id,
+        conversation_id: m.conversation_id,
+        seq: m.seq,
+        sender_id: m.sender_id,
+        client_msg_id: m.client_msg_id,
+        content_type: m.content_type,
+        content: m.content,
+        created_at: m.created_at,
+    }
+}
+
+fn message_from_pb(m: pb::StoredMessage) -> StoredMessage {
+    StoredMessage {
+        msg_id: m.msg_id,
+        conversation_id: m.conversation_id,
+        seq: m.seq,
+        sender_id: m.sender_id,
+        client_msg_id: m.client_msg_id,
+        content_type: m.content_type,
+        content: m.content,
+        created_at: m.created_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(e: RepoError) -> (Code, RepoError) {
+        let status = to_status("test", e);
+        (status.code(), from_status(status))
+    }
+
+    #[test]
+    fn store_errors_map_to_codes_and_back() {
+        let (code, e) = round_trip(RepoError::UsernameTaken);
+        assert_eq!(code, Code::AlreadyExists);
+        assert!(matches!(e, RepoError::UsernameTaken), "{e:?}");
+
+        let (code, e) = round_trip(RepoError::Conflict);
+        assert_eq!(code, Code::Aborted);
+        assert!(matches!(e, RepoError::Conflict), "{e:?}");
+
+        let (code, e) = round_trip(RepoError::Database(sqlx::Error::PoolTimedOut));
+        assert_eq!(code, Code::Unavailable);
+        assert!(matches!(&e, RepoError::Rpc(m) if m.contains("pool timed out")), "{e:?}");
+
+        let (code, e) = round_trip(RepoError::Database(sqlx::Error::RowNotFound));
+        assert_eq!(code, Code::Internal);
+        assert!(matches!(e, RepoError::Rpc(_)), "{e:?}");
+
+        let (code, e) = round_trip(RepoError::Rpc("upstream down".into()));
+        assert_eq!(code, Code::Unavailable);
+        assert!(matches!(&e, RepoError::Rpc(m) if m.contains("upstream down")), "{e:?}");
+    }
+
+    #[test]
+    fn codes_without_our_detail_are_rpc_errors() {
+        // A proxy's ALREADY_EXISTS / ABORTED is not a store verdict.
+        assert!(matches!(from_status(Status::already_exists("x")), RepoError::Rpc(_)));
+        assert!(matches!(from_status(Status::aborted("x")), RepoError::Rpc(_)));
+        assert!(matches!(from_status(Status::unavailable("tcp connect error")), RepoError::Rpc(_)));
+        // Garbage details do not panic.
+        let s = Status::with_details(Code::AlreadyExists, "x", vec![0xff, 0xff, 0xff].into());
+        assert!(matches!(from_status(s), RepoError::Rpc(_)));
+    }
+
+    #[test]
+    fn conversions_are_lossless() {
+        let u = User {
+            id: u64::MAX,
+            username: "a".into(),
+            password_hash: "h".into(),
+            nickname: "n 😀".into(),
+            avatar_url: "u".into(),
+            created_at: -1,
+        };
+        assert_eq!(user_from_pb(user_to_pb(u.clone())), u);
+        let m = StoredMessage {
+            msg_id: u64::MAX,
+            conversation_id: "s_1_2".into(),
+            seq: u64::MAX - 1,
+            sender_id: 1 << 63,
+            client_msg_id: "c ".into(),
+            content_type: "text".into(),
+            content: "{}".into(),
+            created_at: i64::MIN,
+        };
+        assert_eq!(message_from_pb(message_to_pb(m.clone())), m);
+    }
+
+    #[tokio::test]
+    async fn connect_rejects_a_bad_endpoint() {
+        assert!(matches!(RepoClient::connect("http://[::1"), Err(RepoError::Rpc(_))));
+        assert!(RepoClient::connect("127.0.0.1:1").is_ok());
+    }
+
+    #[test]
+    fn connect_outside_a_runtime_is_an_error() {
+        assert!(matches!(RepoClient::connect("127.0.0.1:1"), Err(RepoError::Rpc(_))));
+    }
+}
