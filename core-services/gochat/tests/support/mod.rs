@@ -60,7 +60,7 @@ impl Server {
     }
 
     /// SIGKILL: a crash, no cleanup.
-    pub fn crash(mut self) {
+    pub fn crash(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
