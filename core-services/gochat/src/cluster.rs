@@ -35,6 +35,17 @@ fn jwt(cfg: &Config) -> anyhow::Result<JwtKeys> {
     Ok(JwtKeys::new(cfg.auth.jwt_secret.as_bytes(), cfg.auth.token_ttl_secs)?)
 }
 
+/// The store logic persists through: the repo service over gRPC when
+/// `repo.endpoint` is set, else the database opened in-process.
+pub async fn logic_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if cfg.repo.endpoint.is_empty() {
+        return open_store(cfg).await;
+    }
+    let client = gochat_repo_grpc::RepoClient::connect(&cfg.repo.endpoint).context("repo endpoint")?;
+    info!(endpoint = %cfg.repo.endpoint, "persisting through the repo service");
+    Ok(Arc::new(client))
+}
+
 /// Open the configured store in-process (MySQL, or SQLite for a single node).
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let url = &cfg.storage.database_url;
@@ -198,7 +209,7 @@ pub fn run_logic(cfg: Config) -> anyhow::Result<()> {
         let dlq = format!("{}{}", cfg.kafka.topic_prefix, cfg.kafka.dead_letter_topic);
         kafka.ensure_topic(&dlq, 1).await.context("creating the dead-letter topic")?;
 
-        let store: Arc<dyn Store> = open_store(&cfg).await?;
+        let store: Arc<dyn Store> = logic_store(&cfg).await?;
         let sessions = Arc::new(
             RedisSessionStore::connect(&cfg.redis.url, &cfg.redis.key_prefix).await.context("connecting to Redis")?,
         );
@@ -231,6 +242,31 @@ pub fn run_logic(cfg: Config) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
         let _ = producer.flush(Duration::from_secs(5));
+        info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+// ------------------------------------------------------------------- repo
+
+pub fn run_repo(cfg: Config) -> anyhow::Result<()> {
+    info!(version = env!("CARGO_PKG_VERSION"), "starting gochat repo");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("repo").build()?;
+    runtime.block_on(async move {
+        let store = open_store(&cfg).await?;
+        let listener = tokio::net::TcpListener::bind(cfg.repo.listen)
+            .await
+            .with_context(|| format!("binding {}", cfg.repo.listen))?;
+        let addr = listener.local_addr()?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(gochat_repo_grpc::serve(store, listener, async move {
+            let _ = stop_rx.await;
+        }));
+        info!(grpc = %addr, "gochat ready");
+        wait_for_signal().await;
+        info!("shutting down");
+        let _ = stop_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
         info!("stopped");
         anyhow::Ok(())
     })

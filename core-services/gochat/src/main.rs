@@ -38,6 +38,8 @@ enum Command {
     Gateway(RoleArgs),
     /// Cluster mode: a logic process (Kafka consumer group, Redis, the store, REST API).
     Logic(RoleArgs),
+    /// Cluster mode: the repo service (gRPC in front of MySQL, with grpc.health.v1).
+    Repo(RoleArgs),
     /// Create the database if needed and apply its migrations (SQLite or MySQL).
     Migrate(MigrateArgs),
     /// Print the effective configuration (defaults + file + environment) as TOML.
@@ -131,6 +133,11 @@ fn main() -> anyhow::Result<()> {
             apply_role_args(&mut cfg, args)?;
             gochat_common::telemetry::init(cfg.log.format, &cfg.log.filter);
             cluster::run_logic(cfg)
+        }
+        Command::Repo(args) => {
+            apply_role_args(&mut cfg, args)?;
+            gochat_common::telemetry::init(cfg.log.format, &cfg.log.filter);
+            cluster::run_repo(cfg)
         }
         Command::Migrate(args) => {
             if let Some(d) = args.data_dir {

@@ -20,6 +20,8 @@ struct Cluster {
     env: Vec<(String, String)>,
     prefix: String,
     logic_ports: Vec<u16>,
+    repo_port: Option<u16>,
+    repo: Option<Server>,
     pub logic: Vec<Server>,
     pub gateways: Vec<Server>,
 }
@@ -63,7 +65,15 @@ impl Cluster {
             ("GOCHAT_LOGIC__UPSTREAM_PARTITIONS".into(), "4".into()),
             ("GOCHAT_AUTH__JWT_SECRET".into(), SECRET.into()),
         ];
-        let mut c = Cluster { env, prefix, logic_ports: Vec::new(), logic: Vec::new(), gateways: Vec::new() };
+        let mut c = Cluster {
+            env,
+            prefix,
+            logic_ports: Vec::new(),
+            repo_port: None,
+            repo: None,
+            logic: Vec::new(),
+            gateways: Vec::new(),
+        };
         let status = Command::new(env!("CARGO_BIN_EXE_gochat"))
             .args(["migrate", "--log-format", "json"])
             .envs(c.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -213,10 +223,14 @@ fn free_port() -> u16 {
 }
 
 impl Cluster {
-    /// Start with logic on a fixed HTTP port, so a restarted logic process is
-    /// found at the same address by the gateways' REST forwarder.
+    /// Start with a repo process (logic persists through gRPC) and logic on
+    /// fixed ports, so restarted processes are found at the same addresses.
     fn start_fixed(name: &str, logic_count: usize, gateway_count: usize) -> Self {
         let mut c = Cluster::start(name, 0, 0);
+        let repo_port = free_port();
+        c.repo_port = Some(repo_port);
+        c.env.push(("GOCHAT_REPO__ENDPOINT".into(), format!("http://127.0.0.1:{repo_port}")));
+        c.start_repo();
         c.logic_ports = (0..logic_count).map(|_| free_port()).collect();
         for i in 0..logic_count {
             c.start_logic_on(i);
@@ -240,6 +254,14 @@ impl Cluster {
         } else {
             self.logic.push(server);
         }
+    }
+
+    fn start_repo(&mut self) {
+        let listen = format!("127.0.0.1:{}", self.repo_port.unwrap());
+        let mut env = self.env_refs();
+        env.push(("GOCHAT_REPO__LISTEN", &listen));
+        let (child, ready) = spawn_ready(&["repo"], &env);
+        self.repo = Some(Server::attach(child, ready["grpc"].as_str().unwrap().parse().unwrap()));
     }
 
     fn restart_gateway(&mut self, i: usize) {
@@ -300,7 +322,7 @@ async fn crashes_mid_stream_lose_nothing_and_duplicate_nothing() {
     let mut acked: HashMap<usize, (u64, String)> = HashMap::new();
     let mut inflight: BTreeSet<usize> = BTreeSet::new();
     let mut next = 0usize;
-    let (mut killed_logic, mut killed_gateway) = (false, false);
+    let (mut killed_logic, mut killed_gateway, mut killed_repo) = (false, false, false);
     let msg = |i: usize| text_msg(&format!("crash-{i}"), &bob, &format!("payload {i}"));
 
     while acked.len() < TOTAL {
@@ -314,6 +336,12 @@ async fn crashes_mid_stream_lose_nothing_and_duplicate_nothing() {
             // the sender's gateway dies; the client reconnects elsewhere and retries
             c.gateways[0].crash();
             c.restart_gateway(0);
+        }
+        if !killed_repo && acked.len() >= TOTAL * 3 / 4 {
+            killed_repo = true;
+            c.repo.as_mut().unwrap().crash(); // logic keeps retrying its batch until the repo is back
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            c.start_repo();
         }
         let mut broken = false;
         while inflight.len() < WINDOW && next < TOTAL {
@@ -358,7 +386,7 @@ async fn crashes_mid_stream_lose_nothing_and_duplicate_nothing() {
             let _ = ws.send(WsMessage::text(msg(i).to_string())).await;
         }
     }
-    assert!(killed_logic && killed_gateway);
+    assert!(killed_logic && killed_gateway && killed_repo);
 
     // the database holds each acknowledged message exactly once, seqs 1..=N without gaps
     let pool = sqlx::MySqlPool::connect(&c.database_url()).await.unwrap();
