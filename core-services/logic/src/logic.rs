@@ -652,7 +652,16 @@ impl Logic {
             let push = bus::Push { recipients: o.recipients, frame: o.frame };
             let env = KafkaMessage::wrap(kind::PUSH, String::new(), push);
             let topic = self.topics.push(&o.gateway_id);
-            match self.producer.send(&topic, b"", Some(o.shard), env.encode_to_vec().into()).await {
+            let payload: Bytes = env.encode_to_vec().into();
+            // Enqueue without waiting for the broker's acknowledgement (the
+            // producer keeps per-partition order); wait only when its queue
+            // is full. Awaiting each push would serialise the batch on broker
+            // round trips.
+            let sent = match self.producer.try_send(&topic, b"", Some(o.shard), payload.clone()) {
+                Err(BusError::QueueFull) => self.producer.send(&topic, b"", Some(o.shard), payload).await,
+                other => other,
+            };
+            match sent {
                 Ok(()) => self.metrics.pushes.inc(),
                 Err(e) => {
                     self.metrics.push_failures.inc();
