@@ -221,7 +221,12 @@ pub fn run_logic(cfg: Config) -> anyhow::Result<()> {
         let logic = Logic::clustered(store, sessions, producer.clone(), ids, cfg.logic.clone(), topics, dlq);
 
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let group_ctx = consumer.group_context();
         let worker = tokio::spawn(logic.clone().run(Box::new(consumer), shutdown_rx.clone()));
+        // Ready means consuming: wait for the group's first assignment.
+        if !group_ctx.wait_assigned(Duration::from_secs(60)).await {
+            tracing::warn!(group, "no partition assignment after 60 s; serving anyway");
+        }
         let listener = tokio::net::TcpListener::bind(cfg.logic.http_listen)
             .await
             .with_context(|| format!("binding {}", cfg.logic.http_listen))?;

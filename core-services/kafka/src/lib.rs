@@ -17,16 +17,18 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use gochat_common::bus::{BusError, Consumer, Producer, Record};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer as _, DefaultConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::AsyncRuntime;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{debug, warn};
 
@@ -101,8 +103,8 @@ impl Kafka {
         group: &str,
         topic: &str,
     ) -> Result<KafkaConsumer<R>, BusError> {
-        let inner: StreamConsumer<DefaultConsumerContext, R> =
-            self.consumer_config(client_id, group).create().map_err(broker_err)?;
+        let inner: StreamConsumer<GroupContext, R> =
+            self.consumer_config(client_id, group).create_with_context(GroupContext::default()).map_err(broker_err)?;
         inner.subscribe(&[topic]).map_err(broker_err)?;
         Ok(KafkaConsumer { inner, pending: HashMap::new(), commits: true })
     }
@@ -116,8 +118,10 @@ impl Kafka {
         topic: &str,
         partition: u32,
     ) -> Result<KafkaConsumer<R>, BusError> {
-        let inner: StreamConsumer<DefaultConsumerContext, R> =
-            self.consumer_config(client_id, &format!("{client_id}-assign")).create().map_err(broker_err)?;
+        let inner: StreamConsumer<GroupContext, R> = self
+            .consumer_config(client_id, &format!("{client_id}-assign"))
+            .create_with_context(GroupContext::default())
+            .map_err(broker_err)?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition as i32, Offset::End).map_err(broker_err)?;
         inner.assign(&tpl).map_err(broker_err)?;
@@ -210,10 +214,47 @@ impl<R: AsyncRuntime> Producer for KafkaProducer<R> {
     }
 }
 
+/// Records the group's first assignment, so a process can report ready
+/// only once it really consumes.
+#[derive(Default, Clone)]
+pub struct GroupContext {
+    assigned: Arc<AtomicBool>,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            debug!(partitions = tpl.count(), "partitions assigned");
+            self.assigned.store(true, Ordering::Release);
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+impl GroupContext {
+    /// Wait until the group assigned this member its partitions (possibly
+    /// none); false on timeout. The consumer must be polled meanwhile.
+    pub async fn wait_assigned(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.notify.notified();
+            if self.assigned.load(Ordering::Acquire) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.assigned.load(Ordering::Acquire);
+            }
+        }
+    }
+}
+
 /// rdkafka consumer behind the bus trait. Offsets are committed only by
 /// [`Consumer::commit`], i.e. after the caller processed the batch.
 pub struct KafkaConsumer<R> {
-    inner: StreamConsumer<DefaultConsumerContext, R>,
+    inner: StreamConsumer<GroupContext, R>,
     /// Next offset to commit per (topic, partition), from batches handed out.
     pending: HashMap<(String, i32), i64>,
     commits: bool,
@@ -225,6 +266,13 @@ fn to_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
         offset: m.offset().max(0) as u64,
         key: m.key().map(Bytes::copy_from_slice).unwrap_or_default(),
         payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+    }
+}
+
+impl<R> KafkaConsumer<R> {
+    /// Handle to learn when the group assigned this member its partitions.
+    pub fn group_context(&self) -> GroupContext {
+        GroupContext::clone(self.inner.context())
     }
 }
 

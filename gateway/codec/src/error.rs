@@ -74,5 +74,6 @@ impl ProtocolError {
 /// 1004-1006 and 1015 are reserved for local use and never go on the wire;
 /// 1012-2999 are reserved for future protocol/extension use.
 pub fn is_valid_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+    // 1012-1014 are IANA-registered (service restart, try again later, bad gateway).
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }

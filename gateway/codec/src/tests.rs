@@ -424,7 +424,14 @@ fn close_frame_parsing() {
 
     assert_eq!(close(&[0x03]), Err(ProtocolError::InvalidClosePayload));
     assert_eq!(ProtocolError::InvalidClosePayload.close_code(), 1002);
-    for code in [0u16, 999, 1004, 1005, 1006, 1012, 1015, 1016, 2000, 2999, 5000, u16::MAX] {
+    for code in [1012u16, 1013, 1014] {
+        assert_eq!(
+            close(&code.to_be_bytes()),
+            Ok(Some(Owned::Close(Some((code, String::new()))))),
+            "IANA-registered {code}"
+        );
+    }
+    for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, u16::MAX] {
         let err = close(&code.to_be_bytes()).unwrap_err();
         assert_eq!(err, ProtocolError::InvalidCloseCode(code));
         assert_eq!(err.close_code(), 1002);
@@ -437,7 +444,7 @@ fn close_frame_parsing() {
 #[test]
 fn close_code_validity() {
     let valid: Vec<u16> = (0..=u16::MAX).filter(|&c| is_valid_close_code(c)).collect();
-    let expected: Vec<u16> = (1000..=1003).chain(1007..=1011).chain(3000..=4999).collect();
+    let expected: Vec<u16> = (1000..=1003).chain(1007..=1014).chain(3000..=4999).collect();
     assert_eq!(valid, expected);
 }
 

@@ -199,9 +199,9 @@ pub async fn send(ws: &mut Ws, v: Value) {
     ws.send(Message::text(v.to_string())).await.unwrap();
 }
 
-/// Next JSON text frame (control frames skipped), or panic after 10 s.
+/// Next JSON text frame (control frames skipped), or panic after 30 s.
 pub async fn recv(ws: &mut Ws) -> Value {
-    recv_within(ws, Duration::from_secs(10)).await.expect("no frame within 10s")
+    recv_within(ws, Duration::from_secs(30)).await.expect("no frame within 30s")
 }
 
 pub async fn recv_within(ws: &mut Ws, within: Duration) -> Option<Value> {
