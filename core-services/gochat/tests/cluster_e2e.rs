@@ -81,7 +81,7 @@ impl Cluster {
             .unwrap();
         assert!(status.success(), "gochat migrate failed");
         for i in 0..logic_count {
-            c.start_logic(i);
+            c.start_logic_on(i);
         }
         for i in 0..gateway_count {
             c.start_gateway(i);
@@ -89,16 +89,7 @@ impl Cluster {
         c
     }
 
-    fn start_logic(&mut self, i: usize) {
-        let worker = (i + 1).to_string();
-        let mut env = self.env_refs();
-        env.push(("GOCHAT_WORKER_ID", &worker));
-        env.push(("GOCHAT_LOGIC__HTTP_LISTEN", "127.0.0.1:0"));
-        let (child, ready) = spawn_ready(&["logic"], &env);
-        let addr = ready["http"].as_str().unwrap().parse().unwrap();
-        self.logic.push(Server::attach(child, addr));
-    }
-
+    /// Start (or restart) gateway `i` with 2 shards.
     fn start_gateway(&mut self, i: usize) {
         let id = format!("gw{i}");
         let api = format!("http://{}", self.logic[0].addr);
@@ -106,8 +97,12 @@ impl Cluster {
         env.push(("GOCHAT_GATEWAY__ID", &id));
         env.push(("GOCHAT_GATEWAY__API_UPSTREAM", &api));
         let (child, ready) = spawn_ready(&["gateway", "--listen", "127.0.0.1:0", "--shards", "2"], &env);
-        let addr = ready["addr"].as_str().unwrap().parse().unwrap();
-        self.gateways.push(Server::attach(child, addr));
+        let server = Server::attach(child, ready["addr"].as_str().unwrap().parse().unwrap());
+        if i < self.gateways.len() {
+            self.gateways[i] = server;
+        } else {
+            self.gateways.push(server);
+        }
     }
 
     fn kafka(&self) -> Kafka {
@@ -241,9 +236,10 @@ impl Cluster {
         c
     }
 
+    /// Start (or restart) logic process `i`, on its fixed port if it has one.
     fn start_logic_on(&mut self, i: usize) {
         let worker = (i + 1).to_string();
-        let listen = format!("127.0.0.1:{}", self.logic_ports[i]);
+        let listen = format!("127.0.0.1:{}", self.logic_ports.get(i).copied().unwrap_or(0));
         let mut env = self.env_refs();
         env.push(("GOCHAT_WORKER_ID", &worker));
         env.push(("GOCHAT_LOGIC__HTTP_LISTEN", &listen));
@@ -262,16 +258,6 @@ impl Cluster {
         env.push(("GOCHAT_REPO__LISTEN", &listen));
         let (child, ready) = spawn_ready(&["repo"], &env);
         self.repo = Some(Server::attach(child, ready["grpc"].as_str().unwrap().parse().unwrap()));
-    }
-
-    fn restart_gateway(&mut self, i: usize) {
-        let id = format!("gw{i}");
-        let api = format!("http://{}", self.logic[0].addr);
-        let mut env = self.env_refs();
-        env.push(("GOCHAT_GATEWAY__ID", &id));
-        env.push(("GOCHAT_GATEWAY__API_UPSTREAM", &api));
-        let (child, ready) = spawn_ready(&["gateway", "--listen", "127.0.0.1:0", "--shards", "2"], &env);
-        self.gateways[i] = Server::attach(child, ready["addr"].as_str().unwrap().parse().unwrap());
     }
 
     fn database_url(&self) -> String {
@@ -335,7 +321,7 @@ async fn crashes_mid_stream_lose_nothing_and_duplicate_nothing() {
             killed_gateway = true;
             // the sender's gateway dies; the client reconnects elsewhere and retries
             c.gateways[0].crash();
-            c.restart_gateway(0);
+            c.start_gateway(0);
         }
         if !killed_repo && acked.len() >= TOTAL * 3 / 4 {
             killed_repo = true;
