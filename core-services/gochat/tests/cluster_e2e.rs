@@ -158,6 +158,26 @@ async fn one_to_one_across_gateways() {
         (sr["type"].as_str(), sr["messages"].as_array().unwrap().len(), &sr["has_more"]),
         (Some("sync-result"), 5, &json!(true))
     );
+    // image/file metadata round-trip untouched across gateways
+    let image =
+        json!({"url":"https://cdn.example/p.png","name":"p.png","size":2048,"mime":"image/png","width":64,"height":48});
+    send(
+        &mut a1,
+        json!({"type":"send-message","client_msg_id":"c-img","to_user_id":bob,"content_type":"image","content":image}),
+    )
+    .await;
+    assert_eq!(recv(&mut a1).await["seq"], 22);
+    let m = recv(&mut b1).await;
+    assert_eq!((m["content_type"].as_str(), &m["content"]), (Some("image"), &image));
+    recv(&mut a2).await;
+    // malformed JSON: an error frame, the connection stays usable; oversized: 1009
+    use futures_util::SinkExt as _;
+    a2.send(tokio_tungstenite::tungstenite::Message::text("{oops")).await.unwrap();
+    assert_eq!(recv(&mut a2).await["code"], "invalid_json");
+    send(&mut a2, json!({"type":"ping"})).await;
+    assert_eq!(recv(&mut a2).await["type"], "pong");
+    a2.send(tokio_tungstenite::tungstenite::Message::text("x".repeat((1 << 20) + 1))).await.unwrap();
+    assert_eq!(recv_close(&mut a2).await, tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Size);
     // a non-member, bad JSON, health
     let (_, carol_tok) = a.user("carol").await;
     let (s, _) = a.get(&format!("/api/v1/conversations/{cid}/messages"), &carol_tok).await;
@@ -169,7 +189,7 @@ async fn one_to_one_across_gateways() {
         assert_eq!(g.http.get(g.url("/readyz")).send().await.unwrap().status(), 200);
     }
     let persisted = a.metric("gochat_logic_messages_persisted_total").await;
-    assert_eq!(persisted[0].1, 21.0);
+    assert_eq!(persisted[0].1, 22.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -283,3 +283,77 @@ async fn restart_on_the_same_data_dir_keeps_users_history_and_dedup() {
     send(&mut f, text_msg("r-3", &grace, "after restart")).await;
     assert_eq!(recv(&mut f).await["seq"], 4);
 }
+
+#[tokio::test]
+async fn the_connection_cap_refuses_cleanly_with_503() {
+    let dir = temp_dir("cap");
+    // 2 shards x 3 sockets each
+    let srv = Server::start_with(&dir, 2, &[("GOCHAT_GATEWAY__MAX_CONNECTIONS", "6")]);
+    let (_, tok) = srv.user("capped").await;
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..20 {
+        match tokio_tungstenite::connect_async(format!("ws://{}/ws?token={tok}", srv.addr)).await {
+            Ok((ws, _)) => open.push(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 503);
+                let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+                assert_eq!(body["error"]["code"], "over_capacity");
+                refused += 1;
+            }
+            Err(e) => panic!("expected 101 or 503, got {e}"),
+        }
+    }
+    assert!(open.len() <= 6 && open.len() >= 2, "{} connections accepted", open.len());
+    assert_eq!(open.len() + refused, 20);
+    let at_cap = srv.metric("gochat_gateway_refused_at_capacity_total").await;
+    assert_eq!(at_cap.iter().map(|(_, v)| v).sum::<f64>(), refused as f64);
+    // the accepted ones work; closing them frees their slots
+    for ws in open.iter_mut() {
+        send(ws, json!({"type":"ping"})).await;
+        assert_eq!(recv(ws).await["type"], "pong");
+    }
+    drop(open);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = srv.connect(&tok).await;
+    send(&mut again, json!({"type":"ping"})).await;
+    assert_eq!(recv(&mut again).await["type"], "pong");
+}
+
+#[tokio::test]
+async fn running_out_of_file_descriptors_never_crashes_the_gateway() {
+    let dir = temp_dir("emfile");
+    // A cap far above what 256 descriptors allow: accept() itself hits EMFILE.
+    let args = ["dev", "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir", dir.to_str().unwrap()];
+    let (child, ready) = spawn_ready_with_nofile(&args, &[("GOCHAT_GATEWAY__MAX_CONNECTIONS", "5000")], Some(256));
+    let srv = Server::attach(child, ready["addr"].as_str().unwrap().parse().unwrap());
+    assert_eq!(ready["shards"], 1);
+    let (_, tok) = srv.user("fdhog").await;
+    let url = format!("ws://{}/ws?token={tok}", srv.addr);
+    let mut open = Vec::new();
+    let mut failed = 0;
+    for _ in 0..400 {
+        match tokio::time::timeout(Duration::from_millis(500), tokio_tungstenite::connect_async(url.as_str())).await {
+            Ok(Ok((ws, _))) => open.push(ws),
+            _ => {
+                failed += 1;
+                if failed == 5 {
+                    break; // out of descriptors: enough
+                }
+            }
+        }
+    }
+    assert_eq!(failed, 5, "256 descriptors cannot hold 400 sockets");
+    assert!(open.len() > 100, "only {} connections before EMFILE", open.len());
+    // existing connections still work while the process is out of descriptors
+    send(&mut open[0], json!({"type":"ping"})).await;
+    assert_eq!(recv(&mut open[0]).await["type"], "pong");
+    drop(open);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // descriptors are back: new connections and REST work again
+    let mut ws = srv.connect(&tok).await;
+    send(&mut ws, json!({"type":"ping"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "pong");
+    let errors = srv.metric("gochat_gateway_accept_errors_total").await;
+    assert!(errors.iter().map(|(_, v)| v).sum::<f64>() > 0.0, "accept errors were counted: {errors:?}");
+}

@@ -153,7 +153,25 @@ impl Server {
 
 /// Run `gochat ARGS` (JSON logs) and wait for its "gochat ready" line, which is returned.
 pub fn spawn_ready(args: &[&str], env: &[(&str, &str)]) -> (Child, Value) {
+    spawn_ready_with_nofile(args, env, None)
+}
+
+/// Like [`spawn_ready`], with the process's open-file limit (soft and hard) set to `nofile`.
+pub fn spawn_ready_with_nofile(args: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> (Child, Value) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gochat"));
+    if let Some(n) = nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe; runs in the child before exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let rl = libc::rlimit { rlim_cur: n, rlim_max: n };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     cmd.args(args).args(["--log-format", "json"]).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
