@@ -174,6 +174,8 @@ impl Gateway {
                     let shard =
                         Rc::new(shard::Shard::new(i as u32, settings, producer, jwt, api, metrics, per_shard_cap));
                     let _ = ready.send(Ok(()));
+                    // Dropped now, so a shard that dies during start is noticed.
+                    drop(ready);
                     shard::run(shard, listener, push, shutdown).await;
                 })
                 .map_err(|e| GatewayError::Executor { shard: i, reason: e.to_string() })?;
