@@ -172,6 +172,13 @@ pub fn run_gateway(cfg: Config) -> anyhow::Result<()> {
             };
             let env = KafkaMessage::wrap(kind::SESSION, String::new(), ev);
             let producer = kafka.producer::<TokioRuntime>(&format!("{}-admin", cfg.gateway.id))?;
+            // A topic created earlier for fewer shards would leave shards without a partition.
+            let partitions = producer.partitions(&push_topic)?;
+            anyhow::ensure!(
+                partitions as usize >= shards,
+                "push topic {push_topic} has {partitions} partitions but this gateway runs {shards} shards: \
+             add partitions to the topic or run fewer shards"
+            );
             producer
                 .send(&topics.upstream(), format!("gw:{}", cfg.gateway.id).as_bytes(), None, env.encode_to_vec().into())
                 .await?;

@@ -504,3 +504,20 @@ async fn two_logic_processes_share_the_partitions_and_keep_order() {
         assert!(records[0].1 > 0.0, "a logic process got no partition: {records:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_more_shards_than_push_partitions_refuses_to_start() {
+    let mut c = Cluster::start("parts", 1, 1); // gw0 created im.push.gw0 with 2 partitions
+    c.gateways[0].crash();
+    let api = format!("http://{}", c.logic[0].addr);
+    let out = Command::new(env!("CARGO_BIN_EXE_gochat"))
+        .args(["gateway", "--listen", "127.0.0.1:0", "--shards", "3", "--log-format", "json"])
+        .envs(c.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("GOCHAT_GATEWAY__ID", "gw0")
+        .env("GOCHAT_GATEWAY__API_UPSTREAM", api)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has 2 partitions but this gateway runs 3 shards"), "{stderr}");
+}
