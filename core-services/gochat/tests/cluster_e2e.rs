@@ -289,7 +289,8 @@ impl Cluster {
 async fn connect_any(addrs: &[std::net::SocketAddr], token: &str) -> Ws {
     for _ in 0..200 {
         for a in addrs {
-            if let Ok((ws, _)) = tokio_tungstenite::connect_async(format!("ws://{a}/ws?token={token}")).await {
+            let attempt = tokio_tungstenite::connect_async(format!("ws://{a}/ws?token={token}"));
+            if let Ok(Ok((ws, _))) = tokio::time::timeout(Duration::from_secs(5), attempt).await {
                 return ws;
             }
         }
@@ -331,7 +332,14 @@ async fn crashes_mid_stream_lose_nothing_and_duplicate_nothing() {
     let (mut killed_logic, mut killed_gateway, mut killed_repo) = (false, false, false);
     let msg = |i: usize| text_msg(&format!("crash-{i}"), &bob, &format!("payload {i}"));
 
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
     while acked.len() < TOTAL {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stalled: {} acked, {} in flight, next {next}, logic killed {killed_logic}, gateway killed {killed_gateway}",
+            acked.len(),
+            inflight.len()
+        );
         if !killed_logic && acked.len() >= TOTAL / 4 {
             killed_logic = true;
             c.logic[0].crash(); // kill -9 between receive and ack, wherever it is
