@@ -37,9 +37,9 @@ enum Command {
     /// Cluster mode: a gateway process (glommio shards; Kafka and the JWT key only).
     Gateway(RoleArgs),
     /// Cluster mode: a logic process (Kafka consumer group, Redis, the store, REST API).
-    Logic(RoleArgs),
+    Logic,
     /// Cluster mode: the repo service (gRPC in front of MySQL, with grpc.health.v1).
-    Repo(RoleArgs),
+    Repo,
     /// Create the database if needed and apply its migrations (SQLite or MySQL).
     Migrate(MigrateArgs),
     /// Print the effective configuration (defaults + file + environment) as TOML.
@@ -61,7 +61,7 @@ pub struct DevArgs {
 
 #[derive(Args, Debug)]
 struct RoleArgs {
-    /// Public address (gateway) [default: listen from config].
+    /// Public address for WebSocket, REST, health and metrics [default: listen from config].
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// Gateway shards [default: one per core].
@@ -129,13 +129,13 @@ fn main() -> anyhow::Result<()> {
             gochat_common::telemetry::init(cfg.log.format, &cfg.log.filter);
             cluster::run_gateway(cfg)
         }
-        Command::Logic(args) => {
-            apply_role_args(&mut cfg, args)?;
+        Command::Logic => {
+            cfg.validate()?;
             gochat_common::telemetry::init(cfg.log.format, &cfg.log.filter);
             cluster::run_logic(cfg)
         }
-        Command::Repo(args) => {
-            apply_role_args(&mut cfg, args)?;
+        Command::Repo => {
+            cfg.validate()?;
             gochat_common::telemetry::init(cfg.log.format, &cfg.log.filter);
             cluster::run_repo(cfg)
         }
