@@ -20,8 +20,9 @@ impl TokioApi {
     }
 }
 
-fn plain(status: u16, code: &str, message: &str) -> ApiResponse {
-    let body = format!(r#"{{"error":{{"code":"{code}","message":"{message}"}}}}"#);
+/// A protocol v1 error body, for failures of the hop between gateway and API.
+pub fn error_response(status: u16, code: &str, message: &str) -> ApiResponse {
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
     ApiResponse { status, headers: vec![("content-type".into(), "application/json".into())], body: Bytes::from(body) }
 }
 
@@ -33,7 +34,7 @@ async fn serve(router: Router, req: ApiRequest, max_body: usize) -> ApiResponse 
     }
     let request = match builder.body(Body::from(req.body)) {
         Ok(r) => r,
-        Err(e) => return plain(400, "bad_request", &e.to_string().replace('"', "'")),
+        Err(e) => return error_response(400, "bad_request", &e.to_string()),
     };
     let response = match router.oneshot(request).await {
         Ok(r) => r,
@@ -42,7 +43,7 @@ async fn serve(router: Router, req: ApiRequest, max_body: usize) -> ApiResponse 
     let (parts, body) = response.into_parts();
     let body = match axum::body::to_bytes(body, max_body).await {
         Ok(b) => b,
-        Err(_) => return plain(500, "internal", "response body too large"),
+        Err(_) => return error_response(500, "internal", "response body too large"),
     };
     let headers = parts
         .headers
@@ -59,6 +60,6 @@ impl ApiBackend for TokioApi {
         self.runtime.spawn(async move {
             let _ = tx.send(serve(router, req, 64 << 20).await);
         });
-        Box::pin(async move { rx.await.unwrap_or_else(|_| plain(503, "unavailable", "api runtime stopped")) })
+        Box::pin(async move { rx.await.unwrap_or_else(|_| error_response(503, "unavailable", "api runtime stopped")) })
     }
 }

@@ -4,9 +4,9 @@
 //! the same code as `gochat dev`; only the implementations behind the bus,
 //! store and session-store traits change.
 
+use crate::bridge::error_response;
 use crate::dev::wait_for_signal;
 use anyhow::Context;
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use gochat_common::auth::JwtKeys;
 use gochat_common::bus::{BusError, Consumer, Producer, Topics};
@@ -99,15 +99,6 @@ struct HttpApi {
     runtime: tokio::runtime::Handle,
 }
 
-fn api_error(status: u16, code: &str, message: &str) -> ApiResponse {
-    let body = serde_error(code, message);
-    ApiResponse { status, headers: vec![("content-type".into(), "application/json".into())], body }
-}
-
-fn serde_error(code: &str, message: &str) -> Bytes {
-    Bytes::from(format!(r#"{{"error":{{"code":"{code}","message":"{}"}}}}"#, message.replace('"', "'")))
-}
-
 impl ApiBackend for HttpApi {
     fn call(&self, req: ApiRequest) -> BoxFuture<'static, ApiResponse> {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -132,14 +123,16 @@ impl ApiBackend for HttpApi {
                         .collect();
                     match r.bytes().await {
                         Ok(body) => ApiResponse { status, headers, body },
-                        Err(e) => api_error(502, "bad_gateway", &e.to_string()),
+                        Err(e) => error_response(502, "bad_gateway", &e.to_string()),
                     }
                 }
-                Err(e) => api_error(503, "unavailable", &format!("logic unreachable: {e}")),
+                Err(e) => error_response(503, "unavailable", &format!("logic unreachable: {e}")),
             };
             let _ = tx.send(resp);
         });
-        Box::pin(async move { rx.await.unwrap_or_else(|_| api_error(503, "unavailable", "gateway runtime stopped")) })
+        Box::pin(
+            async move { rx.await.unwrap_or_else(|_| error_response(503, "unavailable", "gateway runtime stopped")) },
+        )
     }
 }
 

@@ -437,12 +437,13 @@ impl Logic {
         // 3. Deduplicate: within the batch, against the fast store, then against the database.
         let mut fresh: Vec<Accepted> = Vec::with_capacity(accepted.len());
         let mut in_batch: HashMap<(u64, String), usize> = HashMap::new();
-        let mut repeats: Vec<(usize, Accepted)> = Vec::new(); // (index into fresh, the repeat)
+        // Later copies of a (sender, client_msg_id) first seen in this batch.
+        let mut repeats: Vec<Accepted> = Vec::new();
         let mut db_check: Vec<Accepted> = Vec::new();
         for a in accepted {
             let key = (a.sender_id, a.client_msg_id.clone());
-            if let Some(&i) = in_batch.get(&key) {
-                repeats.push((i, a));
+            if in_batch.contains_key(&key) {
+                repeats.push(a);
                 continue;
             }
             if let Some(ack) = self.sessions.dedup_get(a.sender_id, &a.client_msg_id).await? {
@@ -483,7 +484,7 @@ impl Logic {
         }
         // Repeats whose first copy was answered from a store: answer them the same way.
         let mut repeats_of_fresh = Vec::new();
-        for (i, a) in repeats {
+        for a in repeats {
             let key = (a.sender_id, a.client_msg_id.clone());
             match in_batch.get(&key) {
                 Some(&j) if j != usize::MAX => repeats_of_fresh.push((j, a)),
@@ -492,7 +493,6 @@ impl Logic {
                         self.metrics.duplicates.inc();
                         Self::ack_to(&mut out, &a.origin, a.sender_id, &a.client_msg_id, &ack);
                     }
-                    let _ = i;
                 }
             }
         }
@@ -648,17 +648,18 @@ impl Logic {
     /// Produce pushes in order. A push that cannot be produced is counted and
     /// logged: the message is stored, and the recipient catches up by sync.
     async fn deliver(&self, out: Vec<Outbound>) {
+        let mut topics: HashMap<Arc<str>, String> = HashMap::new();
         for o in out {
             let push = bus::Push { recipients: o.recipients, frame: o.frame };
             let env = KafkaMessage::wrap(kind::PUSH, String::new(), push);
-            let topic = self.topics.push(&o.gateway_id);
+            let topic = topics.entry(o.gateway_id.clone()).or_insert_with(|| self.topics.push(&o.gateway_id)).as_str();
             let payload: Bytes = env.encode_to_vec().into();
             // Enqueue without waiting for the broker's acknowledgement (the
             // producer keeps per-partition order); wait only when its queue
             // is full. Awaiting each push would serialise the batch on broker
             // round trips.
-            let sent = match self.producer.try_send(&topic, b"", Some(o.shard), payload.clone()) {
-                Err(BusError::QueueFull) => self.producer.send(&topic, b"", Some(o.shard), payload).await,
+            let sent = match self.producer.try_send(topic, b"", Some(o.shard), payload.clone()) {
+                Err(BusError::QueueFull) => self.producer.send(topic, b"", Some(o.shard), payload).await,
                 other => other,
             };
             match sent {
