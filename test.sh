@@ -2,7 +2,8 @@
 # The whole GoChat test suite: formatting, lints, unit tests, and the
 # integration tests that drive real `gochat` processes over real sockets.
 # Idempotent; installs what it needs on a fresh Debian/Ubuntu machine with Rust
-# (cmake and libcurl headers for librdkafka; MariaDB, Redis and the tansu
+# (cmake and libcurl headers for librdkafka; Node.js and npm for the k6 shim;
+# Python 3 for bench/compare-fanout; MariaDB, Redis and the tansu
 # broker for the integration tests, started privately by deploy/test-services.sh).
 #
 #   ./test.sh            everything
@@ -26,6 +27,11 @@ as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 need=()
 command -v cmake >/dev/null || need+=(cmake)
 dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need+=(libcurl4-openssl-dev)
+# The k6 scripts are checked through a Node.js shim (loadtest/k6/shim, `npm ci`);
+# bench/compare-fanout is Python 3.
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+command -v python3 >/dev/null || need+=(python3)
 if ((${#need[@]})); then
   log "installing ${need[*]}"
   as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null

@@ -5,6 +5,7 @@
 //! owned by the connection, and that memory is released once consumed.
 
 use crate::inbound::{self, Inbound, Origin};
+use crate::metrics::ShardMetrics;
 use crate::shard::Shard;
 use bytes::{Buf, Bytes};
 use futures_lite::{AsyncRead, AsyncWriteExt};
@@ -22,18 +23,66 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 use tracing::debug;
 
+/// Room above `gateway.outbound_queue_bytes` that only the resync hint may use.
+pub const RESYNC_RESERVE_BYTES: usize = 256;
+
+/// Payload of the resync hint sent to a connection whose queue overflowed.
+pub const RESYNC_JSON: &str = r#"{"type":"resync","reason":"slow_consumer"}"#;
+
+/// [`RESYNC_JSON`] as a complete server text frame (FIN + text opcode, 7-bit
+/// length). A static, so the queue can recognise the hint by address when it
+/// has been written, and queueing it allocates nothing.
+static RESYNC_FRAME: [u8; 2 + RESYNC_JSON.len()] = {
+    let mut f = [0u8; 2 + RESYNC_JSON.len()];
+    f[0] = 0x81;
+    f[1] = RESYNC_JSON.len() as u8;
+    let json = RESYNC_JSON.as_bytes();
+    let mut i = 0;
+    while i < json.len() {
+        f[2 + i] = json[i];
+        i += 1;
+    }
+    f
+};
+
+/// The queued frame (or its unwritten rest) is the resync hint.
+fn is_resync(frame: &[u8]) -> bool {
+    frame.as_ptr_range().end == RESYNC_FRAME.as_ptr_range().end
+}
+
+/// What happened to a push offered to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Queued for delivery.
+    Queued,
+    /// Dropped: the connection is lagging (its resync hint is not written yet).
+    Dropped,
+    /// Dropped because the queue is full: the connection is now lagging and a
+    /// resync hint was queued in its place.
+    Resync,
+    /// Dropped, and not even the hint fitted: the connection closes with 1008.
+    Overflow,
+    /// Dropped: the connection is already closing.
+    Closing,
+}
+
 /// Server-side state of a connection, shared between its task and the shard
 /// (push delivery, sweeper). Only ever touched from the owning shard's thread.
 pub struct Conn {
     pub id: u64,
     pub user_id: u64,
     out: RefCell<VecDeque<Bytes>>,
+    /// Bytes in `out`; every change is mirrored in the shard's
+    /// `outbound_queued_bytes` gauge.
     out_bytes: Cell<usize>,
     waker: Cell<Option<Waker>>,
     /// A close the server decided on (code, reason); sent after the queue drains.
     close: Cell<Option<(u16, &'static str)>>,
     /// Shard clock (seconds) of the last frame received.
     last_seen: Cell<u32>,
+    /// The queue overflowed and a resync hint is queued: pushes are dropped
+    /// until the hint has been written. (Lives in what was padding.)
+    lagging: Cell<bool>,
 }
 
 impl Conn {
@@ -46,26 +95,66 @@ impl Conn {
             waker: Cell::new(None),
             close: Cell::new(None),
             last_seen: Cell::new(now),
+            lagging: Cell::new(false),
         }
     }
 
-    /// Queue a frame; false when the bound would be exceeded, in which case
-    /// the queue is dropped and the connection is closed with 1008.
-    pub fn enqueue(&self, frame: Bytes, limit: usize) -> bool {
+    /// Queue a frame the gateway generated in reply to this client (pong,
+    /// local error); false when the bound would be exceeded, in which case
+    /// the queue is dropped and the connection is closed with 1008. These
+    /// frames are bounded by what the client itself sends.
+    pub fn enqueue(&self, frame: Bytes, limit: usize, metrics: &ShardMetrics) -> bool {
         if self.close.get().is_some() {
             return false;
         }
-        let total = self.out_bytes.get() + frame.len();
-        if total > limit {
-            self.out.borrow_mut().clear();
-            self.out_bytes.set(0);
-            self.request_close(close_code::POLICY, "outbound queue overflow: resync after reconnecting");
+        if self.out_bytes.get() + frame.len() > limit {
+            self.overflow(metrics);
             return false;
         }
-        self.out_bytes.set(total);
-        self.out.borrow_mut().push_back(frame);
+        self.push_back(frame, metrics);
         self.wake();
         true
+    }
+
+    /// Queue a push (a frame from logic) without ever waiting. When it does
+    /// not fit under `limit`, it is dropped, the connection becomes lagging
+    /// and a resync hint is queued instead, using up to
+    /// [`RESYNC_RESERVE_BYTES`] above the bound; further pushes are dropped
+    /// until the hint has been written. Only if even the hint does not fit is
+    /// the connection closed with 1008. A single frame larger than the whole
+    /// bound is still queued when the queue is empty, so it can always be
+    /// delivered on its own.
+    pub fn enqueue_push(&self, frame: Bytes, limit: usize, metrics: &ShardMetrics) -> PushOutcome {
+        if self.close.get().is_some() {
+            return PushOutcome::Closing;
+        }
+        if self.lagging.get() {
+            return PushOutcome::Dropped;
+        }
+        let queued = self.out_bytes.get();
+        if queued == 0 || queued + frame.len() <= limit {
+            self.push_back(frame, metrics);
+            self.wake();
+            return PushOutcome::Queued;
+        }
+        if queued + RESYNC_FRAME.len() > limit + RESYNC_RESERVE_BYTES {
+            self.overflow(metrics);
+            return PushOutcome::Overflow;
+        }
+        self.lagging.set(true);
+        self.push_back(Bytes::from_static(&RESYNC_FRAME), metrics);
+        self.wake();
+        PushOutcome::Resync
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.out_bytes.get()
+    }
+
+    /// Pushes are being dropped until the queued resync hint is written.
+    pub fn is_lagging(&self) -> bool {
+        self.lagging.get()
     }
 
     pub fn request_close(&self, code: u16, reason: &'static str) {
@@ -79,6 +168,26 @@ impl Conn {
         self.last_seen.get()
     }
 
+    /// Throw away everything queued (the connection is closing or gone).
+    pub fn discard(&self, metrics: &ShardMetrics) {
+        metrics.queued_sub(self.out_bytes.replace(0));
+        self.out.borrow_mut().clear();
+        self.lagging.set(false);
+    }
+
+    /// The queue bound was exceeded: drop the queue and close with 1008.
+    fn overflow(&self, metrics: &ShardMetrics) {
+        self.discard(metrics);
+        self.request_close(close_code::POLICY, "outbound queue overflow: resync after reconnecting");
+    }
+
+    /// Append a frame, accounted but not checked against any bound.
+    fn push_back(&self, frame: Bytes, metrics: &ShardMetrics) {
+        self.out_bytes.set(self.out_bytes.get() + frame.len());
+        metrics.queued_add(frame.len());
+        self.out.borrow_mut().push_back(frame);
+    }
+
     fn wake(&self) {
         if let Some(w) = self.waker.take() {
             w.wake();
@@ -89,22 +198,32 @@ impl Conn {
         !self.out.borrow().is_empty()
     }
 
-    /// Drop `n` written bytes from the front of the queue.
-    fn advance(&self, mut n: usize) {
-        self.out_bytes.set(self.out_bytes.get().saturating_sub(n));
+    /// Drop `n` written bytes from the front of the queue. Once the resync
+    /// hint (and so everything queued before it) is written, the connection
+    /// stops lagging and pushes are queued again.
+    fn advance(&self, mut n: usize, metrics: &ShardMetrics) {
+        let written = n.min(self.out_bytes.get());
+        self.out_bytes.set(self.out_bytes.get() - written);
+        metrics.queued_sub(written);
         let mut q = self.out.borrow_mut();
         while n > 0 {
             let Some(front) = q.front_mut() else { break };
             if front.len() <= n {
                 n -= front.len();
+                if is_resync(front) {
+                    self.lagging.set(false);
+                }
                 q.pop_front();
             } else {
                 front.advance(n);
                 n = 0;
             }
         }
-        if q.is_empty() && q.capacity() > 16 {
-            *q = VecDeque::new();
+        if q.is_empty() {
+            self.lagging.set(false);
+            if q.capacity() > 16 {
+                *q = VecDeque::new();
+            }
         }
     }
 }
@@ -158,7 +277,7 @@ async fn flush(shard: &Shard, stream: &mut TcpStream, conn: &Conn) -> io::Result
         match sent {
             Ok(n) => {
                 shard.metrics.bytes_out.add(n as u64);
-                conn.advance(n);
+                conn.advance(n, &shard.metrics);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -167,7 +286,7 @@ async fn flush(shard: &Shard, stream: &mut TcpStream, conn: &Conn) -> io::Result
                 let front = conn.out.borrow().front().cloned().expect("queue is non-empty");
                 let n = stream.write(&front).await?;
                 shard.metrics.bytes_out.add(n as u64);
-                conn.advance(n);
+                conn.advance(n, &shard.metrics);
             }
             Err(e) => return Err(e),
         }
@@ -201,7 +320,7 @@ fn process(shard: &Shard, conn: &Conn, decoder: &mut MessageDecoder, buf: &mut [
                 );
             }
             Message::Ping(payload) => {
-                conn.enqueue(server_frame(OpCode::Pong, payload), shard.settings.outbound_queue_bytes);
+                conn.enqueue(server_frame(OpCode::Pong, payload), shard.settings.outbound_queue_bytes, &shard.metrics);
             }
             Message::Pong(_) => {}
             Message::Close(frame) => return (pos, Flow::PeerClosed(frame.map(|f| f.code))),
@@ -217,7 +336,7 @@ fn on_text(shard: &Shard, conn: &Conn, text: &mut [u8]) {
                 shard.metrics.client_errors.inc();
             }
             shard.metrics.frames_out.inc();
-            conn.enqueue(server_text(&json), shard.settings.outbound_queue_bytes);
+            conn.enqueue(server_text(&json), shard.settings.outbound_queue_bytes, &shard.metrics);
         }
         Inbound::Upstream { key, payload, reference } => {
             match shard.producer.try_send(&shard.settings.upstream_topic, key.as_bytes(), None, payload) {
@@ -229,7 +348,7 @@ fn on_text(shard: &Shard, conn: &Conn, text: &mut [u8]) {
                         &format!("message not accepted, retry later: {e}"),
                         reference.as_deref(),
                     );
-                    conn.enqueue(server_text(&json), shard.settings.outbound_queue_bytes);
+                    conn.enqueue(server_text(&json), shard.settings.outbound_queue_bytes, &shard.metrics);
                 }
             }
         }
@@ -253,7 +372,7 @@ pub async fn run(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut pe
             Flow::Close(code, ref reason) => {
                 debug!(conn_id = conn.id, code, reason = %reason, "closing connection");
                 // Replies already queued go out first, then the close frame.
-                conn.out.borrow_mut().push_back(close_frame(code, reason));
+                conn.push_back(close_frame(code, reason), &shard.metrics);
                 break;
             }
             Flow::PeerClosed(code) => {
@@ -325,7 +444,7 @@ pub async fn run(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut pe
     if let Some(code) = peer_closed {
         // Frames already queued (acks, replies) go out before our close reply.
         let echo = code.filter(|c| gochat_wscodec::is_valid_close_code(*c)).unwrap_or(close_code::NORMAL);
-        conn.out.borrow_mut().push_back(close_frame(echo, ""));
+        conn.push_back(close_frame(echo, ""), &shard.metrics);
         let _ = flush(&shard, &mut stream, &conn).await;
     } else if flush(&shard, &mut stream, &conn).await.is_ok() {
         // We initiated: stop writing, then give the peer a moment to answer
@@ -358,7 +477,7 @@ pub async fn finish(shard: &Shard, conn: &Conn) {
     shard.conns.borrow_mut().remove(&conn.id);
     shard.metrics.websockets.dec();
     shard.release_slot();
-    conn.out.borrow_mut().clear();
+    conn.discard(&shard.metrics);
     let ev = session_event(shard, conn.user_id, conn.id, session_event::Kind::Disconnect);
     if let Err(e) =
         shard.producer.send(&shard.settings.upstream_topic, format!("u{}", conn.user_id).as_bytes(), None, ev).await
@@ -410,8 +529,87 @@ mod tests {
             handshake_timeout_ms: 1000,
             idle_timeout_secs: 0,
             write_timeout_ms: 1000,
+            ring_depth: 128,
             max_connections: 10,
         }
+    }
+
+    #[test]
+    fn resync_hint_is_a_text_frame() {
+        assert_eq!(&RESYNC_FRAME[..], &server_text(RESYNC_JSON.as_bytes())[..]);
+        let v: serde_json::Value = serde_json::from_str(RESYNC_JSON).unwrap();
+        assert_eq!((v["type"].as_str(), v["reason"].as_str()), (Some("resync"), Some("slow_consumer")));
+        assert!(RESYNC_FRAME.len() <= RESYNC_RESERVE_BYTES);
+    }
+
+    fn frame(len: usize) -> Bytes {
+        Bytes::from(vec![b'x'; len])
+    }
+
+    #[test]
+    fn overflowing_push_is_dropped_and_replaced_by_a_resync_hint() {
+        let m = ShardMetrics::default();
+        let conn = Conn::new(1, 1, 0);
+        let limit = 1000;
+        for _ in 0..3 {
+            assert_eq!(conn.enqueue_push(frame(300), limit, &m), PushOutcome::Queued);
+        }
+        // 900 + 300 > 1000: dropped, hint queued above the bound.
+        assert_eq!(conn.enqueue_push(frame(300), limit, &m), PushOutcome::Resync);
+        assert!(conn.is_lagging());
+        assert_eq!(conn.queued_bytes(), 900 + RESYNC_FRAME.len());
+        // Lagging: even a tiny push is dropped; the queue does not grow.
+        assert_eq!(conn.enqueue_push(frame(1), limit, &m), PushOutcome::Dropped);
+        assert_eq!(conn.queued_bytes(), 900 + RESYNC_FRAME.len());
+        assert!(conn.queued_bytes() <= limit + RESYNC_RESERVE_BYTES);
+        assert_eq!(m.outbound_queued_bytes.get(), conn.queued_bytes() as u64);
+        assert!(conn.close.get().is_none(), "a slow reader is not closed");
+
+        // A local reply after the hint (bounded by the client's own sends).
+        conn.advance(500, &m);
+        assert!(conn.enqueue(frame(10), limit, &m));
+        assert!(conn.is_lagging(), "the hint is not written yet");
+        assert_eq!(conn.enqueue_push(frame(1), limit, &m), PushOutcome::Dropped);
+        // Written up to the end of the hint: delivery resumes, although the
+        // reply behind it is still queued.
+        conn.advance(400 + RESYNC_FRAME.len() - 3, &m);
+        assert!(conn.is_lagging());
+        conn.advance(3, &m);
+        assert!(!conn.is_lagging());
+        assert_eq!(conn.queued_bytes(), 10);
+        assert_eq!(conn.enqueue_push(frame(300), limit, &m), PushOutcome::Queued);
+        assert_eq!(m.outbound_queued_bytes.get(), 310);
+        conn.advance(310, &m);
+        assert_eq!((conn.queued_bytes(), m.outbound_queued_bytes.get()), (0, 0));
+        assert!(!conn.has_out());
+    }
+
+    #[test]
+    fn overflow_closes_with_1008_when_not_even_the_hint_fits() {
+        let m = ShardMetrics::default();
+        let conn = Conn::new(1, 1, 0);
+        // A frame larger than the whole bound still goes out alone...
+        assert_eq!(conn.enqueue_push(frame(5000), 1000, &m), PushOutcome::Queued);
+        // ...but then there is no room for a hint.
+        assert_eq!(conn.enqueue_push(frame(10), 1000, &m), PushOutcome::Overflow);
+        assert_eq!(conn.close.get().map(|c| c.0), Some(close_code::POLICY));
+        assert_eq!((conn.queued_bytes(), m.outbound_queued_bytes.get()), (0, 0));
+        assert_eq!(conn.enqueue_push(frame(10), 1000, &m), PushOutcome::Closing);
+    }
+
+    #[test]
+    fn local_replies_keep_closing_on_overflow() {
+        let m = ShardMetrics::default();
+        let conn = Conn::new(1, 1, 0);
+        assert!(conn.enqueue(frame(600), 1000, &m));
+        assert!(!conn.enqueue(frame(600), 1000, &m));
+        assert_eq!(conn.close.get().map(|c| c.0), Some(close_code::POLICY));
+        assert_eq!(m.outbound_queued_bytes.get(), 0);
+        // The close frame is accounted like any other frame.
+        conn.push_back(close_frame(close_code::POLICY, "x"), &m);
+        assert_eq!(m.outbound_queued_bytes.get(), conn.queued_bytes() as u64);
+        conn.discard(&m);
+        assert_eq!(m.outbound_queued_bytes.get(), 0);
     }
 
     /// What every idle connection keeps parked: the task's future and its

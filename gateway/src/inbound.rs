@@ -58,6 +58,10 @@ fn reply_error(code: &str, message: &str, reference: Option<&str>) -> Inbound {
     Inbound::Reply(error_json(code, message, reference))
 }
 
+thread_local! {
+    static JSON_BUFFERS: std::cell::RefCell<simd_json::Buffers> = std::cell::RefCell::new(simd_json::Buffers::default());
+}
+
 /// Handle one text message (valid UTF-8, mutable for in-place parsing).
 pub fn handle_text(
     text: &mut [u8],
@@ -65,7 +69,9 @@ pub fn handle_text(
     limits: &InboundLimits,
     trace_id: impl FnOnce() -> String,
 ) -> Inbound {
-    let value = match simd_json::to_borrowed_value(text) {
+    // The parser's scratch buffers are kept per shard thread, not allocated per frame.
+    let parsed = JSON_BUFFERS.with(|b| simd_json::to_borrowed_value_with_buffers(text, &mut b.borrow_mut()));
+    let value = match parsed {
         Ok(v) => v,
         Err(e) => return reply_error("invalid_json", &format!("frame is not valid JSON: {e}"), None),
     };

@@ -44,6 +44,7 @@ pub struct GatewaySettings {
     pub handshake_timeout_ms: u64,
     pub idle_timeout_secs: u64,
     pub write_timeout_ms: u64,
+    pub ring_depth: usize,
     /// Sockets the whole process may hold (split evenly over shards).
     pub max_connections: usize,
 }
@@ -71,6 +72,7 @@ impl GatewaySettings {
             handshake_timeout_ms: g.handshake_timeout_ms,
             idle_timeout_secs: g.idle_timeout_secs,
             write_timeout_ms: g.write_timeout_ms,
+            ring_depth: g.ring_depth.clamp(16, 32_768),
             max_connections,
         }
     }
@@ -159,6 +161,7 @@ impl Gateway {
             );
             let handle = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
                 .name(&format!("shard-{i}"))
+                .ring_depth(settings.ring_depth)
                 .spawn(move || async move {
                     // SAFETY: fd is a bound, listening socket whose ownership moved here.
                     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };

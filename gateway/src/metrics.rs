@@ -26,8 +26,32 @@ pub struct ShardMetrics {
     pub push_deliveries: Counter,
     pub push_recipients_gone: Counter,
     pub slow_reader_closes: Counter,
+    /// Pushes dropped because their connection was lagging (slow reader).
+    pub push_dropped: Counter,
+    /// Resync hints queued to connections whose outbound queue overflowed.
+    pub resync_hints: Counter,
+    /// Bytes queued towards this shard's connections and not yet written.
+    /// Written only by the owning shard: see [`ShardMetrics::queued_add`].
+    pub outbound_queued_bytes: Gauge,
     pub idle_closes: Counter,
     pub http_requests: Counter,
+}
+
+impl ShardMetrics {
+    /// `n` bytes were queued on one of this shard's connections. The shard
+    /// is the gauge's only writer, so a plain load and store suffice.
+    #[inline]
+    pub fn queued_add(&self, n: usize) {
+        let g = &self.outbound_queued_bytes;
+        g.set(g.get() + n as u64);
+    }
+
+    /// `n` queued bytes were written or discarded.
+    #[inline]
+    pub fn queued_sub(&self, n: usize) {
+        let g = &self.outbound_queued_bytes;
+        g.set(g.get().saturating_sub(n as u64));
+    }
 }
 
 /// Render every shard's metrics, labelled by gateway and shard.
@@ -84,6 +108,18 @@ pub fn render(gateway_id: &str, shards: &[std::sync::Arc<ShardMetrics>], enc: &m
             "connections closed (1008) for outbound queue overflow",
             |m| m.slow_reader_closes.get(),
         ),
+        (
+            "gochat_gateway_push_dropped_total",
+            "counter",
+            "push frames dropped for lagging (slow-reader) connections",
+            |m| m.push_dropped.get(),
+        ),
+        ("gochat_gateway_resync_hints_total", "counter", "resync hints queued to slow readers", |m| {
+            m.resync_hints.get()
+        }),
+        ("gochat_gateway_outbound_queued_bytes", "gauge", "bytes queued towards connections, not yet written", |m| {
+            m.outbound_queued_bytes.get()
+        }),
         ("gochat_gateway_idle_closes_total", "counter", "connections closed (1001) for idleness", |m| {
             m.idle_closes.get()
         }),

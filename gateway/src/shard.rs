@@ -4,7 +4,7 @@
 //! shard; the connection that a shard accepts lives and dies on it.
 
 use crate::api::{is_hop_by_hop, ApiBackend, ApiRequest};
-use crate::conn::{self, Conn};
+use crate::conn::{self, Conn, PushOutcome};
 use crate::http::{self, RequestHead};
 use crate::inbound::InboundLimits;
 use crate::metrics::{self, ShardMetrics};
@@ -189,17 +189,38 @@ async fn push_loop(shard: Rc<Shard>, mut consumer: Box<dyn Consumer>) {
             };
             shard.metrics.pushes.inc();
             let frame = server_text(&push.frame);
-            let conns = shard.conns.borrow();
-            for r in &push.recipients {
-                match conns.get(&r.conn_id) {
-                    Some(c) if c.user_id == r.user_id => {
-                        if c.enqueue(frame.clone(), shard.settings.outbound_queue_bytes) {
+            let limit = shard.settings.outbound_queue_bytes;
+            let mut pressure = false;
+            {
+                let conns = shard.conns.borrow();
+                for r in &push.recipients {
+                    let Some(c) = conns.get(&r.conn_id).filter(|c| c.user_id == r.user_id) else {
+                        shard.metrics.push_recipients_gone.inc();
+                        continue;
+                    };
+                    // Never waits: a slow reader is dropped from delivery
+                    // (and hinted to resync), it never holds up the others.
+                    match c.enqueue_push(frame.clone(), limit, &shard.metrics) {
+                        PushOutcome::Queued => {
                             shard.metrics.push_deliveries.inc();
                             shard.metrics.frames_out.inc();
+                            pressure |= c.queued_bytes() > limit / 2;
                         }
+                        PushOutcome::Resync => {
+                            shard.metrics.push_dropped.inc();
+                            shard.metrics.resync_hints.inc();
+                            shard.metrics.frames_out.inc();
+                        }
+                        PushOutcome::Dropped | PushOutcome::Overflow => shard.metrics.push_dropped.inc(),
+                        PushOutcome::Closing => {}
                     }
-                    _ => shard.metrics.push_recipients_gone.inc(),
                 }
+            }
+            if pressure {
+                // A recipient's queue is filling up: let the connection tasks
+                // write before queueing more of this batch, so a burst does
+                // not overflow readers that keep up.
+                futures_lite::future::yield_now().await;
             }
         }
         if let Err(e) = consumer.commit().await {
@@ -388,6 +409,7 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, mut
         shard.producer.send(&shard.settings.upstream_topic, format!("u{user_id}").as_bytes(), None, ev).await
     {
         shard.conns.borrow_mut().remove(&conn_id);
+        conn.discard(&shard.metrics); // pushes may have arrived meanwhile
         warn!(shard = shard.index, error = %e, "connect event not produced; refusing upgrade");
         let _ = stream.write_all(&http::error_response(503, "unavailable", "message bus unavailable", false)).await;
         return false;

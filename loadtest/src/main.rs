@@ -1,8 +1,12 @@
 //! gochat-loadtest: a load generator speaking GoChat protocol v1 (see loadtest/README.md).
 
+mod plot;
 mod report;
 mod scenario_connect;
+mod scenario_fanout;
+mod scenario_mixed;
 mod scenario_pingpong;
+mod scenario_storm;
 mod server;
 mod users;
 mod ws;
@@ -11,7 +15,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use report::{percentiles, Partial, Report};
 use scenario_connect::ConnectArgs;
+use scenario_fanout::FanoutArgs;
+use scenario_mixed::MixedArgs;
 use scenario_pingpong::PingpongArgs;
+use scenario_storm::StormArgs;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -62,6 +69,12 @@ enum Cmd {
     Connect(ConnectArgs),
     /// 1:1 pairs sending at a fixed open-loop rate; end-to-end latency, missing and duplicates.
     Pingpong(PingpongArgs),
+    /// M senders into one group of N members: delivered frames/s and delivery latency.
+    Fanout(FanoutArgs),
+    /// Mass reconnect: hold N connections, drop them all at once, measure how fast everyone is back.
+    Storm(StormArgs),
+    /// A realistic blend at once: idle connections, 1:1 pairs and a busy group.
+    Mixed(MixedArgs),
 }
 
 /// What a scenario needs to know about where and as whom it runs.
@@ -123,6 +136,10 @@ fn nofile() -> u64 {
     rl.rlim_cur
 }
 
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as u64
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
@@ -132,6 +149,9 @@ impl Cmd {
         match self {
             Cmd::Connect(_) => "connect",
             Cmd::Pingpong(_) => "pingpong",
+            Cmd::Fanout(_) => "fanout",
+            Cmd::Storm(_) => "storm",
+            Cmd::Mixed(_) => "mixed",
         }
     }
 
@@ -139,6 +159,9 @@ impl Cmd {
         match self {
             Cmd::Connect(a) => a.distinct_users(),
             Cmd::Pingpong(a) => 2 * a.pairs,
+            Cmd::Fanout(a) => a.members,
+            Cmd::Storm(a) => a.distinct_users(),
+            Cmd::Mixed(a) => a.users(),
         }
     }
 
@@ -147,6 +170,20 @@ impl Cmd {
         match self {
             Cmd::Connect(a) => a.connections,
             Cmd::Pingpong(a) => 2 * a.pairs,
+            Cmd::Fanout(a) => a.members,
+            Cmd::Storm(a) => a.connections,
+            Cmd::Mixed(a) => a.connections(),
+        }
+    }
+
+    /// How long a run should take (the progress bar's length).
+    fn expected_secs(&self) -> f64 {
+        match self {
+            Cmd::Connect(a) => a.connections as f64 / a.rate + a.hold,
+            Cmd::Pingpong(a) => a.duration + a.grace,
+            Cmd::Fanout(a) => a.ramp_secs() + a.duration + a.grace,
+            Cmd::Storm(a) => a.expected_secs(),
+            Cmd::Mixed(a) => a.expected_secs(),
         }
     }
 
@@ -155,6 +192,9 @@ impl Cmd {
         let secs = match self {
             Cmd::Connect(a) => a.connections as f64 / a.rate + a.hold + a.timeout + 60.0,
             Cmd::Pingpong(a) => a.duration + a.grace + a.timeout * 2.0 + 60.0 + a.pairs as f64 * 0.05,
+            Cmd::Fanout(a) => a.ramp_secs() + a.duration + a.grace + a.timeout + 60.0,
+            Cmd::Storm(a) => a.expected_secs() + 2.0 * a.timeout + 60.0,
+            Cmd::Mixed(a) => a.expected_secs() + 2.0 * a.timeout + 60.0 + a.pairs as f64 * 0.05,
         };
         Duration::from_secs_f64(secs)
     }
@@ -163,6 +203,24 @@ impl Cmd {
         let (n, secs, rate) = match self {
             Cmd::Connect(a) => (a.connections, a.hold, a.rate),
             Cmd::Pingpong(a) => (2 * a.pairs, a.duration + a.grace, a.rate),
+            Cmd::Fanout(a) => {
+                if a.members < 2 || a.senders == 0 || a.senders > a.members {
+                    bail!("fanout needs --members >= 2 and --senders 1..=members");
+                }
+                (a.members, a.ramp_secs() + a.duration + a.grace, a.rate)
+            }
+            Cmd::Storm(a) => {
+                if a.reconnect_rate < 0.0 {
+                    bail!("--reconnect-rate must be >= 0");
+                }
+                (a.connections, a.expected_secs(), a.rate)
+            }
+            Cmd::Mixed(a) => {
+                if a.group_members == 1 || a.group_senders > a.group_members {
+                    bail!("mixed needs --group-members 0 or >= 2, and --group-senders <= --group-members");
+                }
+                (a.connections(), a.expected_secs(), a.pair_rate.max(a.group_rate).max(1.0))
+            }
         };
         if n == 0 || n > MAX_CONNECTIONS {
             bail!("connections must be 1..={MAX_CONNECTIONS}");
@@ -186,6 +244,9 @@ impl Cmd {
             match self {
                 Cmd::Connect(a) => scenario_connect::run(ctx, a, users).await,
                 Cmd::Pingpong(a) => scenario_pingpong::run(ctx, a, users).await,
+                Cmd::Fanout(a) => scenario_fanout::run(ctx, a, users).await,
+                Cmd::Storm(a) => scenario_storm::run(ctx, a, users).await,
+                Cmd::Mixed(a) => scenario_mixed::run(ctx, a, users).await,
             }
         };
         match tokio::time::timeout(self.watchdog(), fut).await {
@@ -199,7 +260,7 @@ impl Cmd {
     }
 }
 
-async fn run(cli: Cli) -> Result<bool> {
+async fn run(mut cli: Cli) -> Result<bool> {
     cli.cmd.validate()?;
     if cli.procs == 0 || cli.procs > 256 {
         bail!("--procs must be 1..=256");
@@ -248,26 +309,65 @@ async fn run(cli: Cli) -> Result<bool> {
         );
     }
     let users = users::ensure(&http, &base, &users_file, &cli.user_prefix, n_users).await?;
+    // fanout: one fresh group per run; every worker starts sending at the same instant.
+    let mut extra_args: Vec<String> = Vec::new();
+    if let Cmd::Fanout(a) = &mut cli.cmd {
+        let (gid, cid) = scenario_fanout::create_group(&http, &base, &users).await?;
+        let start = now_ms() + (a.ramp_secs() * 1000.0) as u64;
+        eprintln!("gochat-loadtest: group {cid} with {} members; sending starts in {:.1} s", a.members, a.ramp_secs());
+        extra_args = vec!["--group-id".into(), gid.clone(), "--start-at-ms".into(), start.to_string()];
+        a.group_id = Some(gid);
+        a.start_at_ms = Some(start);
+    }
+    if let Cmd::Mixed(a) = &mut cli.cmd {
+        if a.group_members >= 2 {
+            let (_, group, _) = a.split(&users);
+            let (gid, _) = scenario_fanout::create_group(&http, &base, group).await?;
+            let start = now_ms() + (a.ramp_secs() * 1000.0) as u64;
+            extra_args = vec!["--group-id".into(), gid.clone(), "--start-at-ms".into(), start.to_string()];
+            a.group_id = Some(gid);
+            a.start_at_ms = Some(start);
+        }
+    }
     let metrics_before = server::metrics(&http, &base).await;
     let proc_before = cli.server_pid.and_then(server::sample);
     let sampler = cli.server_pid.map(server::Sampler::start);
+    // fanout: the server's CPU during the sending window alone (from the
+    // common start to the end of the grace period), without the handshakes.
+    let window = match (&cli.cmd, cli.server_pid) {
+        (Cmd::Fanout(a), Some(pid)) => {
+            let from = a.start_at_ms.unwrap_or(0);
+            let to = from + ((a.duration + a.grace) * 1000.0) as u64;
+            Some(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(from.saturating_sub(now_ms()))).await;
+                let before = server::sample(pid)?;
+                tokio::time::sleep(Duration::from_millis(to.saturating_sub(now_ms()))).await;
+                let after = server::sample(pid)?;
+                Some(after.cpu_secs - before.cpu_secs)
+            }))
+        }
+        _ => None,
+    };
     let started_at_ms = now_ms();
     let t = std::time::Instant::now();
+    let progress = progress_bar(cli.cmd.expected_secs(), cli.cmd.name());
     let mut reasons = Vec::new();
     let partial = if cli.procs == 1 {
         let ctx = Ctx { addr, base: base.clone(), http: http.clone(), ips, worker: 0, procs: 1 };
         cli.cmd.run(&ctx, &users).await
     } else {
-        run_workers(&cli, &users_file, &mut reasons).await?
+        run_workers(&cli, &users_file, &extra_args, &mut reasons).await?
     };
     let elapsed_secs = t.elapsed().as_secs_f64();
+    progress.abort();
     let ended_at_ms = now_ms();
     let rss_peak = sampler.map(|s| s.stop());
     let proc_after = cli.server_pid.and_then(server::sample);
     let metrics_after = server::metrics(&http, &base).await;
 
-    let counts = partial.counts.clone();
-    let c = |k: &str| partial.count(k);
+    let mut partial = partial;
+    let snapshot = partial.clone();
+    let c = |k: &str| snapshot.count(k);
     let failed: u64 = partial.failures.values().sum();
     let mut throughput = BTreeMap::new();
     let (ops, latency_measures, params) = match &cli.cmd {
@@ -282,27 +382,76 @@ async fn run(cli: Cli) -> Result<bool> {
             (c("attempted"), "handshake: scheduled start -> 101 (TCP connect included)", serde_json::to_value(a)?)
         }
         Cmd::Pingpong(a) => {
-            throughput.insert("sent_per_sec".into(), round3(c("sent") as f64 / a.duration.max(1e-9)));
-            throughput.insert("delivered_per_sec".into(), round3(c("delivered") as f64 / a.duration.max(1e-9)));
-            if c("sent") == 0 {
-                reasons.push("no message was sent".into());
-            }
-            if c("missing") > a.max_missing {
-                reasons.push(format!("{} missing deliveries > --max-missing {}", c("missing"), a.max_missing));
-            }
-            if c("duplicates") > a.max_duplicates {
-                reasons.push(format!(
-                    "{} duplicate deliveries > --max-duplicates {}",
-                    c("duplicates"),
-                    a.max_duplicates
-                ));
-            }
+            let d = Deliveries { missing: c("missing"), max_missing: a.max_missing, max_duplicates: a.max_duplicates };
+            d.check(&snapshot, a.duration, &mut throughput, &mut reasons);
             if c("seq_gaps") > 0 {
                 reasons.push(format!("{} gaps in acked seqs", c("seq_gaps")));
             }
             (
                 c("sent") + c("connections_attempted"),
                 "end to end: scheduled send time -> new-message at the receiver",
+                serde_json::to_value(a)?,
+            )
+        }
+        Cmd::Mixed(a) => {
+            // pingpong counts its own missing deliveries; the group's are derived.
+            let g_expected = c("group.acked") * c("group.receivers").saturating_sub(1);
+            let missing = c("pingpong.missing") + g_expected.saturating_sub(c("group.delivered"));
+            let dups = c("pingpong.duplicates") + c("group.duplicates");
+            partial.counts.insert("missing".into(), missing);
+            partial.counts.insert("duplicates".into(), dups);
+            let delivered = c("pingpong.delivered") + c("group.delivered");
+            throughput.insert("delivered_per_sec".into(), round3(delivered as f64 / a.duration.max(1e-9)));
+            throughput.insert(
+                "sent_per_sec".into(),
+                round3((c("pingpong.sent") + c("group.sent")) as f64 / a.duration.max(1e-9)),
+            );
+            if missing > 0 {
+                reasons.push(format!("{missing} missing deliveries"));
+            }
+            if dups > 0 {
+                reasons.push(format!("{dups} duplicate deliveries"));
+            }
+            if c("group.out_of_order") > 0 {
+                reasons.push(format!("{} group deliveries out of seq order", c("group.out_of_order")));
+            }
+            if a.idle > 0 && c("idle.held_ok") < a.idle as u64 {
+                reasons.push(format!("{} of {} idle connections held", c("idle.held_ok"), a.idle));
+            }
+            (
+                c("pingpong.sent") + c("group.sent") + c("idle.attempted"),
+                "delivery: scheduled send time -> new-message (1:1 and group)",
+                serde_json::to_value(a)?,
+            )
+        }
+        Cmd::Storm(a) => {
+            let secs = snapshot.secs.get("reconnect_secs").copied().unwrap_or(0.0);
+            if secs > 0.0 {
+                throughput.insert("reconnects_per_sec".into(), round3(c("reconnected") as f64 / secs));
+            }
+            if c("initial_established") == 0 {
+                reasons.push("no connection was established".into());
+            }
+            (
+                c("initial_attempted") + c("reconnect_attempted"),
+                "reconnect: scheduled reconnect -> pong on the new connection",
+                serde_json::to_value(a)?,
+            )
+        }
+        Cmd::Fanout(a) => {
+            let receivers = c("receivers");
+            let expected = c("acked") * receivers.saturating_sub(1);
+            let missing = expected.saturating_sub(c("delivered"));
+            partial.counts.insert("expected_deliveries".into(), expected);
+            partial.counts.insert("missing".into(), missing);
+            let d = Deliveries { missing, max_missing: a.max_missing, max_duplicates: a.max_duplicates };
+            d.check(&snapshot, a.duration, &mut throughput, &mut reasons);
+            if c("out_of_order") > 0 {
+                reasons.push(format!("{} deliveries out of seq order", c("out_of_order")));
+            }
+            (
+                c("sent") + c("connections_attempted"),
+                "delivery: scheduled send time -> new-message at each member",
                 serde_json::to_value(a)?,
             )
         }
@@ -327,6 +476,15 @@ async fn run(cli: Cli) -> Result<bool> {
         let peak = rss_peak.unwrap_or(0).max(a.rss_bytes).max(b.rss_bytes);
         srv.insert("pid".into(), json!(pid));
         srv.insert("cpu_seconds".into(), json!(round3(a.cpu_secs - b.cpu_secs)));
+        if let Some(w) = window {
+            if let Ok(Some(cpu)) = w.await {
+                srv.insert("cpu_seconds_sending".into(), json!(round3(cpu)));
+                if cpu > 0.0 {
+                    let per = c("delivered") as f64 / cpu;
+                    srv.insert("delivered_frames_per_cpu_second".into(), json!(per.round()));
+                }
+            }
+        }
         srv.insert("rss_before_bytes".into(), json!(b.rss_bytes));
         srv.insert("rss_peak_bytes".into(), json!(peak));
         srv.insert("rss_after_bytes".into(), json!(a.rss_bytes));
@@ -355,11 +513,12 @@ async fn run(cli: Cli) -> Result<bool> {
         ended_at_ms,
         elapsed_secs: round3(elapsed_secs),
         procs: cli.procs,
-        counts,
+        counts: partial.counts.clone(),
         failures: partial.failures.clone(),
         throughput,
         latency_ms: percentiles(&partial.histogram()),
         latency_measures: latency_measures.into(),
+        latency_timeline_ms: report::timeline(&partial, started_at_ms),
         error_rate: round3(error_rate * 1000.0) / 1000.0,
         server: if srv.is_empty() { Value::Null } else { Value::Object(srv) },
         pass: reasons.is_empty(),
@@ -368,8 +527,56 @@ async fn run(cli: Cli) -> Result<bool> {
     print!("{}", rep.summary());
     if let Some(path) = &cli.report {
         std::fs::write(path, serde_json::to_vec_pretty(&rep)?).with_context(|| format!("write {path:?}"))?;
+        let svg = path.with_extension("svg");
+        match plot::write(&svg, cli.cmd.name(), &partial, started_at_ms) {
+            Ok(()) => eprintln!("gochat-loadtest: plot written to {svg:?}"),
+            Err(e) => eprintln!("gochat-loadtest: no plot: {e}"),
+        }
     }
     Ok(rep.pass)
+}
+
+/// A time-based progress bar on stderr, drawn only when it is a terminal
+/// (workers run in separate processes; the parent shows the run's clock).
+fn progress_bar(expected_secs: f64, scenario: &'static str) -> tokio::task::JoinHandle<()> {
+    let total_ms = (expected_secs * 1000.0).max(1.0) as u64;
+    let bar = indicatif::ProgressBar::with_draw_target(Some(total_ms), indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {percent}%")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(scenario);
+    tokio::spawn(async move {
+        let t = std::time::Instant::now();
+        loop {
+            bar.set_position((t.elapsed().as_millis() as u64).min(total_ms));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// The throughput figures and pass/fail checks of the message scenarios.
+struct Deliveries {
+    missing: u64,
+    max_missing: u64,
+    max_duplicates: u64,
+}
+
+impl Deliveries {
+    fn check(&self, p: &Partial, duration: f64, throughput: &mut BTreeMap<String, f64>, reasons: &mut Vec<String>) {
+        let (sent, delivered, dups) = (p.count("sent"), p.count("delivered"), p.count("duplicates"));
+        throughput.insert("sent_per_sec".into(), round3(sent as f64 / duration.max(1e-9)));
+        throughput.insert("delivered_per_sec".into(), round3(delivered as f64 / duration.max(1e-9)));
+        if sent == 0 {
+            reasons.push("no message was sent".into());
+        }
+        if self.missing > self.max_missing {
+            reasons.push(format!("{} missing deliveries > --max-missing {}", self.missing, self.max_missing));
+        }
+        if dups > self.max_duplicates {
+            reasons.push(format!("{dups} duplicate deliveries > --max-duplicates {}", self.max_duplicates));
+        }
+    }
 }
 
 fn round3(x: f64) -> f64 {
@@ -377,9 +584,15 @@ fn round3(x: f64) -> f64 {
 }
 
 /// Re-execute this binary `--procs` times as `--worker i`; merge their partial reports.
-async fn run_workers(cli: &Cli, users_file: &std::path::Path, reasons: &mut Vec<String>) -> Result<Partial> {
+async fn run_workers(
+    cli: &Cli,
+    users_file: &std::path::Path,
+    extra: &[String],
+    reasons: &mut Vec<String>,
+) -> Result<Partial> {
     let exe = std::env::current_exe()?;
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    args.extend(extra.iter().map(Into::into));
     if cli.users_file.is_none() {
         args.push("--users-file".into());
         args.push(users_file.into());

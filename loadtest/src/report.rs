@@ -26,6 +26,49 @@ pub struct Partial {
     pub secs: BTreeMap<String, f64>,
     /// The latency histogram as (value µs, count) pairs of its recorded buckets.
     pub hist: Vec<(u64, u64)>,
+    /// Per Unix second of arrival: that second's latency histogram, same encoding.
+    #[serde(default)]
+    pub timeline: BTreeMap<u64, Vec<(u64, u64)>>,
+}
+
+/// Latencies of one process: the whole run and per second of arrival (for
+/// "latency over time").
+pub struct Recorder {
+    pub total: Histogram<u64>,
+    per_sec: BTreeMap<u64, Histogram<u64>>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self { total: new_hist(), per_sec: BTreeMap::new() }
+    }
+}
+
+impl Recorder {
+    /// A latency of `us` observed at Unix time `at_us`.
+    pub fn record(&mut self, at_us: u64, us: u64) {
+        record(&mut self.total, us);
+        record(self.per_sec.entry(at_us / 1_000_000).or_insert_with(new_hist), us);
+    }
+
+    pub fn add(&mut self, other: &Recorder) {
+        self.total.add(&other.total).expect("same bounds");
+        for (sec, h) in &other.per_sec {
+            self.per_sec.entry(*sec).or_insert_with(new_hist).add(h).expect("same bounds");
+        }
+    }
+}
+
+fn encode(h: &Histogram<u64>) -> Vec<(u64, u64)> {
+    h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
+}
+
+fn decode(pairs: &[(u64, u64)]) -> Histogram<u64> {
+    let mut h = new_hist();
+    for &(v, n) in pairs {
+        h.saturating_record_n(v.max(1), n);
+    }
+    h
 }
 
 impl Partial {
@@ -44,15 +87,21 @@ impl Partial {
     }
 
     pub fn set_hist(&mut self, h: &Histogram<u64>) {
-        self.hist = h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();
+        self.hist = encode(h);
+    }
+
+    pub fn set_recorder(&mut self, r: &Recorder) {
+        self.hist = encode(&r.total);
+        self.timeline = r.per_sec.iter().map(|(s, h)| (*s, encode(h))).collect();
     }
 
     pub fn histogram(&self) -> Histogram<u64> {
-        let mut h = new_hist();
-        for &(v, n) in &self.hist {
-            h.saturating_record_n(v.max(1), n);
-        }
-        h
+        decode(&self.hist)
+    }
+
+    /// Per second (Unix): that second's histogram.
+    pub fn timeline_histograms(&self) -> BTreeMap<u64, Histogram<u64>> {
+        self.timeline.iter().map(|(s, p)| (*s, decode(p))).collect()
     }
 
     pub fn merge(&mut self, other: &Partial) {
@@ -69,6 +118,11 @@ impl Partial {
         let mut h = self.histogram();
         h.add(other.histogram()).expect("same histogram bounds");
         self.set_hist(&h);
+        for (sec, pairs) in &other.timeline {
+            let mut h = self.timeline.get(sec).map(|p| decode(p)).unwrap_or_else(new_hist);
+            h.add(decode(pairs)).expect("same histogram bounds");
+            self.timeline.insert(*sec, encode(&h));
+        }
     }
 }
 
@@ -92,6 +146,19 @@ pub fn percentiles(h: &Histogram<u64>) -> Value {
     })
 }
 
+/// Per-second percentiles, `t_s` counted from `start_ms`.
+pub fn timeline(p: &Partial, start_ms: u64) -> Vec<Value> {
+    let start_s = start_ms / 1000;
+    p.timeline_histograms()
+        .iter()
+        .map(|(sec, h)| {
+            let mut v = percentiles(h);
+            v["t_s"] = json!(sec.saturating_sub(start_s));
+            v
+        })
+        .collect()
+}
+
 /// The final, machine-readable report.
 #[derive(Serialize, Debug)]
 pub struct Report {
@@ -106,6 +173,8 @@ pub struct Report {
     pub throughput: BTreeMap<String, f64>,
     pub latency_ms: Value,
     pub latency_measures: String,
+    /// Latency percentiles per second of the run (t_s from the start).
+    pub latency_timeline_ms: Vec<Value>,
     pub error_rate: f64,
     pub server: Value,
     pub pass: bool,

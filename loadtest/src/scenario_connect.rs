@@ -1,7 +1,7 @@
 //! `connect`: open N authenticated WebSockets at R/s (open loop), hold them with
 //! heartbeats, then close them all.
 
-use crate::report::{new_hist, record, Partial};
+use crate::report::{Partial, Recorder};
 use crate::ws;
 use crate::Ctx;
 use futures_util::StreamExt;
@@ -36,7 +36,7 @@ pub struct ConnectArgs {
 
 enum Outcome {
     Failed(String),
-    Held { latency_us: u64, done_secs: f64, pings: u64, pongs: u64, error: Option<String> },
+    Held { latency_us: u64, at_us: u64, done_secs: f64, pings: u64, pongs: u64, error: Option<String> },
 }
 
 /// Run this process's share: connections j with j % procs == worker, j scheduled at j / rate.
@@ -63,24 +63,25 @@ pub async fn run(ctx: &Ctx, a: &ConnectArgs, users: &[crate::users::User]) -> Pa
                 Ok(mut sock) => {
                     // Measured from the scheduled start: open-loop, coordinated-omission corrected.
                     let latency_us = sched.elapsed().as_micros() as u64;
+                    let at_us = crate::now_us();
                     let done_secs = start.elapsed().as_secs_f64();
                     let (pings, pongs, error) = hold(&mut sock, hold_end, ping_every).await;
                     ws::close(sock).await;
-                    Outcome::Held { latency_us, done_secs, pings, pongs, error }
+                    Outcome::Held { latency_us, at_us, done_secs, pings, pongs, error }
                 }
             }
         });
     }
     let mut p = Partial::default();
-    let mut h = new_hist();
+    let mut h = Recorder::default();
     let mut last_done: f64 = 0.0;
     while let Some(r) = set.join_next().await {
         p.add("attempted", 1);
         match r {
             Ok(Outcome::Failed(cause)) => p.fail(&cause, 1),
-            Ok(Outcome::Held { latency_us, done_secs, pings, pongs, error }) => {
+            Ok(Outcome::Held { latency_us, at_us, done_secs, pings, pongs, error }) => {
                 p.add("established", 1);
-                record(&mut h, latency_us);
+                h.record(at_us, latency_us);
                 last_done = last_done.max(done_secs);
                 p.add("pings_sent", pings);
                 p.add("pongs_received", pongs);
@@ -94,7 +95,7 @@ pub async fn run(ctx: &Ctx, a: &ConnectArgs, users: &[crate::users::User]) -> Pa
         }
     }
     p.secs.insert("ramp_secs".into(), last_done);
-    p.set_hist(&h);
+    p.set_recorder(&h);
     p
 }
 

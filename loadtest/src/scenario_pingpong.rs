@@ -2,12 +2,12 @@
 //! Latency = arrival of `new-message` at b minus the message's scheduled send time.
 //! Every acked seq must be delivered exactly once: missing and duplicates are counted.
 
-use crate::report::{new_hist, record, Partial};
+use crate::report::{Partial, Recorder};
 use crate::users::User;
 use crate::ws;
-use crate::Ctx;
+use crate::ws::HEARTBEAT;
+use crate::{now_us, Ctx};
 use futures_util::StreamExt;
-use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
@@ -43,12 +43,6 @@ pub struct PingpongArgs {
     pub inject_duplicate: bool,
 }
 
-const HEARTBEAT: Duration = Duration::from_secs(20);
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as u64
-}
-
 struct SenderOut {
     sent: u64,
     acked: BTreeSet<u64>,
@@ -60,7 +54,7 @@ struct ReceiverOut {
     seqs: HashSet<u64>,
     duplicates: u64,
     foreign: u64,
-    hist: Histogram<u64>,
+    hist: Recorder,
     fatal: Option<String>,
 }
 
@@ -124,7 +118,7 @@ pub async fn run(ctx: &Ctx, a: &PingpongArgs, users: &[User]) -> Partial {
         let r = tokio::spawn(async move { receiver(wb, prefix, grace_end, rx, inject).await });
         pairs.spawn(async move { (s.await, r.await) });
     }
-    let mut h = new_hist();
+    let mut h = Recorder::default();
     while let Some(r) = pairs.join_next().await {
         let Ok((Ok(s), Ok(r))) = r else {
             p.fail("task_panicked", 1);
@@ -153,10 +147,10 @@ pub async fn run(ctx: &Ctx, a: &PingpongArgs, users: &[User]) -> Partial {
         p.add("delivered_unacked", r.seqs.iter().filter(|q| !s.acked.contains(q)).count() as u64);
         p.add("duplicates", r.duplicates);
         p.add("foreign_messages", r.foreign);
-        h.add(&r.hist).expect("same bounds");
+        h.add(&r.hist);
     }
     p.secs.insert("send_secs".into(), a.duration);
-    p.set_hist(&h);
+    p.set_recorder(&h);
     p
 }
 
@@ -198,8 +192,7 @@ async fn sender(
         tokio::select! {
             _ = sleep_until(sched), if sending => {
                 let sched_us = t0_us + (k as f64 / rate * 1e6) as u64;
-                let frame = json!({"type": "send-message", "client_msg_id": format!("{prefix}{k}"), "to_user_id": to,
-                    "content_type": "text", "content": {"text": "loadtest", "sched_us": sched_us}});
+                let frame = ws::load_message(&prefix, k, ("to_user_id", &to), sched_us);
                 if let Err(e) = ws::send_json(&mut sock, &frame).await {
                     out.fatal = Some(e);
                     break;
@@ -248,7 +241,8 @@ async fn receiver(
     mut acked: watch::Receiver<Option<u64>>,
     mut inject_duplicate: bool,
 ) -> ReceiverOut {
-    let mut out = ReceiverOut { seqs: HashSet::new(), duplicates: 0, foreign: 0, hist: new_hist(), fatal: None };
+    let mut out =
+        ReceiverOut { seqs: HashSet::new(), duplicates: 0, foreign: 0, hist: Recorder::default(), fatal: None };
     let mut next_ping = Instant::now() + HEARTBEAT;
     let mut expected: Option<u64> = None;
     loop {
@@ -288,7 +282,7 @@ async fn receiver(
                     let times = if std::mem::take(&mut inject_duplicate) { 2 } else { 1 };
                     for _ in 0..times {
                         if out.seqs.insert(seq) {
-                            record(&mut out.hist, arrived.saturating_sub(sched));
+                            out.hist.record(arrived, arrived.saturating_sub(sched));
                         } else {
                             out.duplicates += 1;
                         }

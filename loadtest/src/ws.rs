@@ -82,6 +82,19 @@ pub fn parse_ip_range(s: &str) -> Result<Vec<Ipv4Addr>, String> {
     Ok((lo..=hi).map(Ipv4Addr::from).collect())
 }
 
+/// Application-level ping period of the scenarios' connections.
+pub const HEARTBEAT: Duration = Duration::from_secs(20);
+
+/// The k-th load-test message: `client_msg_id` `{prefix}{k}`, addressed by
+/// `to` (`("conversation_id", cid)` or `("to_user_id", id)`), carrying its
+/// scheduled send time so receivers measure latency from the schedule.
+pub fn load_message(prefix: &str, k: u64, to: (&str, &str), sched_us: u64) -> Value {
+    let mut v = serde_json::json!({"type": "send-message", "client_msg_id": format!("{prefix}{k}"),
+        "content_type": "text", "content": {"text": "loadtest", "sched_us": sched_us}});
+    v[to.0] = Value::String(to.1.to_owned());
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

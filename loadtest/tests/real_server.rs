@@ -1,83 +1,11 @@
 //! gochat-loadtest against a real `gochat dev` process (built by `cargo build -p gochat`).
 
+mod support;
+
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
-
-struct Server {
-    child: Child,
-    url: String,
-    dir: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn gochat_bin() -> PathBuf {
-    // target/debug/deps/real_server-HASH -> target/debug/gochat
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).map(|d| d.join("gochat")).unwrap();
-    assert!(
-        bin.is_file(),
-        "the gochat binary is missing at {bin:?}: build it first with `cargo build -p gochat` (same target dir)"
-    );
-    bin
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let dir = std::env::temp_dir().join(format!("gochat-lt-{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Start `gochat dev` on port 0 and wait for its "gochat ready" line.
-fn start_server(name: &str) -> Server {
-    start_server_with(name, &[])
-}
-
-fn start_server_with(name: &str, env: &[(&str, &str)]) -> Server {
-    let dir = temp_dir(name);
-    let mut child = Command::new(gochat_bin())
-        .envs(env.iter().copied())
-        .args(["dev", "--listen", "127.0.0.1:0", "--shards", "1", "--log-format", "json", "--data-dir"])
-        .arg(dir.join("data"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn gochat");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if v["message"] == "gochat ready" {
-                        let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
-                        sent = true;
-                    }
-                }
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(addr) => Server { child, url: format!("http://{addr}"), dir },
-        Err(_) => {
-            let _ = child.kill();
-            panic!("gochat dev did not report ready within 60 s");
-        }
-    }
-}
+use std::path::Path;
+use std::process::{Command, Output};
+use support::*;
 
 impl Server {
     fn pid(&self) -> u32 {
@@ -299,4 +227,131 @@ fn refuses_a_remote_server() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-remote"));
+}
+
+fn fanout_server(name: &str) -> Server {
+    start_server_with(name, &[("GOCHAT_AUTH__ARGON2_MEMORY_KIB", "64"), ("GOCHAT_AUTH__ARGON2_ITERATIONS", "1")])
+}
+
+#[test]
+fn fanout_40_members_two_procs() {
+    let srv = fanout_server("fanout");
+    let users = srv.dir.join("users.json");
+    let (out, rep) = srv.loadtest(
+        &users,
+        &[
+            "--procs",
+            "2",
+            "fanout",
+            "--members",
+            "40",
+            "--senders",
+            "2",
+            "--rate",
+            "10",
+            "--duration",
+            "1",
+            "--grace",
+            "2",
+            "--ramp",
+            "2",
+        ],
+    );
+    assert!(out.status.success(), "{}", show(&out, &rep));
+    assert_eq!(rep["pass"], true, "{}", show(&out, &rep));
+    let c = &rep["counts"];
+    assert_eq!(c["receivers"], 40, "{}", show(&out, &rep));
+    assert_eq!(c["sent"], 10);
+    assert_eq!(c["acked"], 10);
+    assert_eq!(c["delivered"], 10 * 39, "every member but the sender got each message");
+    assert_eq!((c["missing"].as_u64(), c["duplicates"].as_u64()), (Some(0), Some(0)));
+    assert!(f(&rep["latency_ms"]["p99"]) > 0.0 && f(&rep["throughput"]["delivered_per_sec"]) > 0.0, "{rep}");
+}
+
+#[test]
+fn fanout_detects_injected_duplicate_and_missing_deliveries() {
+    let srv = fanout_server("fanout-faults");
+    let users = srv.dir.join("users.json");
+    for (flag, counter) in [("--inject-duplicate", "duplicates"), ("--inject-missing", "missing")] {
+        let (out, rep) = srv.loadtest(
+            &users,
+            &[
+                "fanout",
+                "--members",
+                "5",
+                "--senders",
+                "1",
+                "--rate",
+                "5",
+                "--duration",
+                "1",
+                "--grace",
+                "2",
+                "--ramp",
+                "1",
+                flag,
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1), "{flag} must fail the run: {}", show(&out, &rep));
+        assert_eq!(rep["pass"], false);
+        assert_eq!(rep["counts"][counter], 1, "{flag}: {}", show(&out, &rep));
+    }
+}
+
+#[test]
+fn storm_everyone_reconnects() {
+    let srv = fanout_server("storm");
+    let users = srv.dir.join("users.json");
+    let (out, rep) = srv.loadtest(
+        &users,
+        &["--procs", "2", "storm", "--connections", "200", "--users", "20", "--rate", "1000", "--hold", "0.5"],
+    );
+    assert!(out.status.success(), "{}", show(&out, &rep));
+    let c = &rep["counts"];
+    assert_eq!((c["initial_established"].as_u64(), c["reconnected"].as_u64()), (Some(200), Some(200)), "{rep}");
+    assert!(f(&rep["throughput"]["reconnects_per_sec"]) > 0.0, "{rep}");
+    assert_eq!(rep["latency_ms"]["count"], 200);
+}
+
+#[test]
+fn mixed_blend_passes_and_writes_a_plot() {
+    let srv = fanout_server("mixed");
+    let users = srv.dir.join("users.json");
+    let (out, rep) = srv.loadtest(
+        &users,
+        &[
+            "mixed",
+            "--idle",
+            "30",
+            "--pairs",
+            "3",
+            "--pair-rate",
+            "5",
+            "--group-members",
+            "12",
+            "--group-senders",
+            "2",
+            "--group-rate",
+            "5",
+            "--duration",
+            "2",
+            "--grace",
+            "2",
+        ],
+    );
+    assert!(out.status.success(), "{}", show(&out, &rep));
+    let c = &rep["counts"];
+    assert_eq!(c["idle.held_ok"], 30, "{rep}");
+    assert_eq!(c["pingpong.delivered"], c["pingpong.acked"], "{rep}");
+    assert_eq!(c["group.delivered"].as_u64().unwrap(), c["group.acked"].as_u64().unwrap() * 11, "{rep}");
+    assert_eq!((c["missing"].as_u64(), c["duplicates"].as_u64()), (Some(0), Some(0)));
+    let timeline = rep["latency_timeline_ms"].as_array().unwrap();
+    assert!(!timeline.is_empty() && timeline.iter().all(|t| t["p99"].as_f64().is_some()), "{rep}");
+    let svg_path = std::fs::read_dir(&srv.dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "svg"))
+        .expect("a plot next to the report");
+    let svg = std::fs::read_to_string(svg_path).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("latency over time") && svg.contains("latency distribution"));
 }

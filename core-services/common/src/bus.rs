@@ -30,6 +30,18 @@ impl Topics {
     pub fn upstream(&self) -> String {
         format!("{}im.upstream", self.prefix)
     }
+    /// Work for the task tier; key = conversation id.
+    pub fn task(&self) -> String {
+        format!("{}im.task", self.prefix)
+    }
+    /// Tasks waiting for a retry (header `not_before`).
+    pub fn task_retry(&self) -> String {
+        format!("{}im.task.retry", self.prefix)
+    }
+    /// Tasks that failed their last attempt, with header `reason`.
+    pub fn task_dead(&self) -> String {
+        format!("{}im.task.dlq", self.prefix)
+    }
     /// Push topic of one gateway: one partition per shard.
     pub fn push(&self, gateway_id: &str) -> String {
         format!("{}im.push.{gateway_id}", self.prefix)

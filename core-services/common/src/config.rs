@@ -31,6 +31,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub redis: RedisConfig,
     pub repo: RepoConfig,
+    pub task: TaskConfig,
+    pub moderation: ModerationConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,8 +44,8 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     /// Largest assembled WebSocket message (across fragments).
     pub max_message_bytes: usize,
-    /// Bytes queued towards one connection before it counts as a slow reader
-    /// and is closed with 1008.
+    /// Bytes queued towards one connection before it counts as a slow reader:
+    /// further pushes are dropped and it gets a `resync` hint (docs/protocol.md).
     pub outbound_queue_bytes: usize,
     /// Connections the whole process accepts; 0 = derive from the open-file
     /// limit (limit minus `fd_reserve`). Above it upgrades get HTTP 503.
@@ -63,6 +65,12 @@ pub struct GatewayConfig {
     /// A write that cannot make progress for this long drops the connection
     /// (a peer that stopped reading entirely).
     pub write_timeout_ms: u64,
+    /// io_uring submission-queue depth of each shard. The kernel sizes the
+    /// ring's cancellation hash table from it (ilog2(2 x depth) - 5 bits,
+    /// 8 at most): every armed poll (one per open connection) sits in that
+    /// table, and every cancellation scans a bucket, so a deep ring keeps
+    /// cancels cheap with tens of thousands of sockets.
+    pub ring_depth: usize,
     /// Records buffered per push partition in embedded mode.
     pub push_queue_records: usize,
     /// Cluster mode: base URL of a logic process's REST API, where the
@@ -92,6 +100,8 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// Consumer group of the logic processes on `im.upstream`.
     pub logic_group: String,
+    /// Consumer group of `gochat task` processes (on im.task and im.task.retry).
+    pub task_group: String,
     /// Where undecodable upstream records go, with the reason in a header.
     pub dead_letter_topic: String,
     /// Prepended to every topic name (`{prefix}im.upstream`, ...).
@@ -108,6 +118,7 @@ impl Default for KafkaConfig {
             queue_buffering_max_messages: 100_000,
             replication_factor: 1,
             logic_group: "gochat-logic".into(),
+            task_group: "gochat-task".into(),
             dead_letter_topic: "im.upstream.dlq".into(),
             topic_prefix: String::new(),
         }
@@ -154,6 +165,11 @@ pub struct AuthConfig {
     pub jwt_secret: String,
     /// Token lifetime.
     pub token_ttl_secs: u64,
+    /// Argon2id memory cost of new password hashes, KiB (OWASP: 19456).
+    /// Existing hashes keep the cost they were made with.
+    pub argon2_memory_kib: u32,
+    /// Argon2id passes over memory of new password hashes.
+    pub argon2_iterations: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,6 +192,62 @@ pub struct LogicConfig {
     pub dedup_ttl_secs: u64,
     /// Cluster mode: where a logic process serves the REST API.
     pub http_listen: SocketAddr,
+    /// Groups with more members than this are fanned out by the task tier
+    /// (`im.task`) instead of inline in logic; the sender's ack never waits.
+    pub group_fanout_threshold: usize,
+    /// Most members a group may have.
+    pub max_group_members: usize,
+    /// How long a group's member list stays cached in the fast store
+    /// (invalidated on every membership change; the TTL bounds a lost race).
+    pub member_cache_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskConfig {
+    /// Attempts per task before it goes to the dead-letter topic.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with equal jitter.
+    pub backoff_base_ms: u64,
+    /// Largest retry delay.
+    pub backoff_max_ms: u64,
+    /// Tasks run concurrently (tasks with the same key always run in order).
+    pub concurrency: usize,
+    /// Members resolved (sessions looked up) per step of a large fan-out.
+    pub fanout_chunk: usize,
+    /// Most recipients in one push record; a (gateway, shard) with more
+    /// live members gets several.
+    pub max_push_recipients: usize,
+    /// Offline-push webhook (POST JSON); empty = no offline push.
+    pub push_webhook_url: String,
+    /// HMAC-SHA256 key for the `X-GoChat-Signature` header; empty = unsigned.
+    pub push_webhook_secret: String,
+    /// Offline recipients per webhook request.
+    pub push_batch_size: usize,
+    /// Timeout of one webhook request.
+    pub push_timeout_ms: u64,
+    /// Partitions of `im.task` (created by logic when missing).
+    pub partitions: u32,
+    /// Cluster mode: where `gochat task` serves /healthz, /readyz, /metrics.
+    pub http_listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModerationConfig {
+    /// Words refused (case-insensitive substring match on text content).
+    pub blocked_words: Vec<String>,
+    /// Regular expressions refused (matched against text content).
+    pub blocked_patterns: Vec<String>,
+    /// What a match does: "reject" (error frame `message_rejected`) or
+    /// "flag" (stored and delivered, counted and logged).
+    pub action: String,
+    /// Optional external check (POST JSON, answers {"action": ...}); empty = none.
+    pub webhook_url: String,
+    /// Timeout of one moderation webhook call.
+    pub webhook_timeout_ms: u64,
+    /// When the webhook fails or times out: false = allow (fail open), true = reject.
+    pub webhook_fail_closed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -214,6 +286,8 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             redis: RedisConfig::default(),
             repo: RepoConfig::default(),
+            task: TaskConfig::default(),
+            moderation: ModerationConfig::default(),
         }
     }
 }
@@ -233,6 +307,7 @@ impl Default for GatewayConfig {
             handshake_timeout_ms: 10_000,
             idle_timeout_secs: 300,
             write_timeout_ms: 10_000,
+            ring_depth: 4096,
             push_queue_records: 65_536,
             api_upstream: "http://127.0.0.1:8081".into(),
         }
@@ -241,7 +316,12 @@ impl Default for GatewayConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { jwt_secret: String::new(), token_ttl_secs: 7 * 24 * 3600 }
+        Self {
+            jwt_secret: String::new(),
+            token_ttl_secs: 7 * 24 * 3600,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+        }
     }
 }
 
@@ -256,6 +336,41 @@ impl Default for LogicConfig {
             page_default: 50,
             dedup_ttl_secs: 7 * 24 * 3600,
             http_listen: "127.0.0.1:8081".parse().expect("static addr"),
+            group_fanout_threshold: 500,
+            max_group_members: 100_000,
+            member_cache_ttl_secs: 600,
+        }
+    }
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            backoff_base_ms: 200,
+            backoff_max_ms: 30_000,
+            concurrency: 64,
+            fanout_chunk: 1000,
+            max_push_recipients: 8192,
+            push_webhook_url: String::new(),
+            push_webhook_secret: String::new(),
+            push_batch_size: 100,
+            push_timeout_ms: 5_000,
+            partitions: 8,
+            http_listen: "127.0.0.1:8082".parse().expect("static addr"),
+        }
+    }
+}
+
+impl Default for ModerationConfig {
+    fn default() -> Self {
+        Self {
+            blocked_words: Vec::new(),
+            blocked_patterns: Vec::new(),
+            action: "reject".into(),
+            webhook_url: String::new(),
+            webhook_timeout_ms: 300,
+            webhook_fail_closed: false,
         }
     }
 }
@@ -321,6 +436,18 @@ impl Config {
         }
         if self.logic.page_default == 0 || self.logic.page_default > self.logic.page_max {
             return bad("logic.page_default must be 1..=page_max");
+        }
+        if self.task.max_attempts == 0 || self.task.concurrency == 0 || self.task.partitions == 0 {
+            return bad("task.max_attempts, task.concurrency and task.partitions must be > 0");
+        }
+        if self.task.fanout_chunk == 0 || self.task.max_push_recipients == 0 || self.task.push_batch_size == 0 {
+            return bad("task.fanout_chunk, task.max_push_recipients and task.push_batch_size must be > 0");
+        }
+        if !matches!(self.moderation.action.as_str(), "reject" | "flag") {
+            return bad("moderation.action must be \"reject\" or \"flag\"");
+        }
+        if self.auth.argon2_memory_kib < 8 || self.auth.argon2_iterations == 0 {
+            return bad("auth.argon2_memory_kib must be >= 8 and auth.argon2_iterations >= 1");
         }
         if !matches!(self.storage.sqlite_synchronous.as_str(), "normal" | "full") {
             return bad("storage.sqlite_synchronous must be \"normal\" or \"full\"");

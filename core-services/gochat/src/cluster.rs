@@ -15,14 +15,16 @@ use gochat_common::ids::Snowflake;
 use gochat_common::telemetry;
 use gochat_gateway::api::{ApiBackend, ApiRequest, ApiResponse};
 use gochat_gateway::{Gateway, GatewayDeps, GatewaySettings, ShardBus};
-use gochat_kafka::{Kafka, NaiveRuntime, TokioRuntime};
+use gochat_kafka::{Kafka, KafkaProducer, NaiveRuntime, TokioRuntime};
 use gochat_logic::api::{router, ApiState};
+use gochat_logic::moderation::Moderator;
 use gochat_logic::redis_store::RedisSessionStore;
-use gochat_logic::Logic;
+use gochat_logic::{Logic, LogicDeps};
 use gochat_proto::bus::{session_event, ConnRef, KafkaMessage, SessionEvent};
 use gochat_proto::{kind, Message as _};
 use gochat_repo::mysql::MySqlStore;
 use gochat_repo::Store;
+use gochat_task::DeadLetters;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::info;
@@ -198,6 +200,45 @@ pub fn run_gateway(cfg: Config) -> anyhow::Result<()> {
 
 // ------------------------------------------------------------------ logic
 
+/// Topics logic and the task tier produce to; created when missing.
+async fn ensure_logic_topics(cfg: &Config, kafka: &Kafka, topics: &Topics) -> anyhow::Result<String> {
+    kafka.ensure_topic(&topics.upstream(), cfg.logic.upstream_partitions).await.context("creating im.upstream")?;
+    let dlq = format!("{}{}", cfg.kafka.topic_prefix, cfg.kafka.dead_letter_topic);
+    kafka.ensure_topic(&dlq, 1).await.context("creating the dead-letter topic")?;
+    kafka.ensure_topic(&topics.task(), cfg.task.partitions).await.context("creating im.task")?;
+    kafka.ensure_topic(&topics.task_retry(), cfg.task.partitions).await.context("creating im.task.retry")?;
+    kafka.ensure_topic(&topics.task_dead(), 1).await.context("creating im.task.dlq")?;
+    Ok(dlq)
+}
+
+/// Logic's handles in cluster mode: the repo, Redis and one Kafka producer.
+async fn cluster_logic(
+    cfg: &Config,
+    kafka: &Kafka,
+    client_id: &str,
+    dead_letter: String,
+) -> anyhow::Result<(Arc<Logic>, Arc<KafkaProducer<TokioRuntime>>)> {
+    let topics = Topics::new(&cfg.kafka.topic_prefix);
+    let store: Arc<dyn Store> = logic_store(cfg).await?;
+    let sessions = Arc::new(
+        RedisSessionStore::connect(&cfg.redis.url, &cfg.redis.key_prefix).await.context("connecting to Redis")?,
+    );
+    let producer = Arc::new(kafka.producer::<TokioRuntime>(client_id)?);
+    let logic = Logic::new(LogicDeps {
+        store,
+        sessions,
+        push_producer: producer.clone(),
+        bus_producer: producer.clone(),
+        ids: Arc::new(Snowflake::new(cfg.worker_id)?),
+        cfg: cfg.logic.clone(),
+        task_cfg: cfg.task.clone(),
+        moderator: Moderator::new(&cfg.moderation).context("moderation config")?,
+        topics,
+        dead_letter: Some(dead_letter),
+    });
+    Ok((logic, producer))
+}
+
 pub fn run_logic(cfg: Config) -> anyhow::Result<()> {
     info!(worker_id = cfg.worker_id, version = env!("CARGO_PKG_VERSION"), "starting gochat logic");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("logic").build()?;
@@ -205,20 +246,11 @@ pub fn run_logic(cfg: Config) -> anyhow::Result<()> {
         let jwt = jwt(&cfg)?;
         let topics = Topics::new(&cfg.kafka.topic_prefix);
         let kafka = Kafka::new(cfg.kafka.clone());
-        kafka.ensure_topic(&topics.upstream(), cfg.logic.upstream_partitions).await.context("creating im.upstream")?;
-        let dlq = format!("{}{}", cfg.kafka.topic_prefix, cfg.kafka.dead_letter_topic);
-        kafka.ensure_topic(&dlq, 1).await.context("creating the dead-letter topic")?;
-
-        let store: Arc<dyn Store> = logic_store(&cfg).await?;
-        let sessions = Arc::new(
-            RedisSessionStore::connect(&cfg.redis.url, &cfg.redis.key_prefix).await.context("connecting to Redis")?,
-        );
+        let dlq = ensure_logic_topics(&cfg, &kafka, &topics).await?;
         let client_id = format!("logic-{}", cfg.worker_id);
-        let producer = Arc::new(kafka.producer::<TokioRuntime>(&client_id)?);
+        let (logic, producer) = cluster_logic(&cfg, &kafka, &client_id, dlq).await?;
         let group = format!("{}{}", cfg.kafka.topic_prefix, cfg.kafka.logic_group);
         let consumer = kafka.group_consumer::<TokioRuntime>(&client_id, &group, &topics.upstream())?;
-        let ids = Arc::new(Snowflake::new(cfg.worker_id)?);
-        let logic = Logic::clustered(store, sessions, producer.clone(), ids, cfg.logic.clone(), topics, dlq);
 
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let group_ctx = consumer.group_context();
@@ -227,24 +259,101 @@ pub fn run_logic(cfg: Config) -> anyhow::Result<()> {
         if !group_ctx.wait_assigned(Duration::from_secs(60)).await {
             tracing::warn!(group, "no partition assignment after 60 s; serving anyway");
         }
-        let listener = tokio::net::TcpListener::bind(cfg.logic.http_listen)
-            .await
-            .with_context(|| format!("binding {}", cfg.logic.http_listen))?;
-        let http_addr = listener.local_addr()?;
-        let app = router(ApiState { logic, jwt });
-        let mut http_shutdown = shutdown_rx.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = http_shutdown.wait_for(|v| *v).await;
-                })
-                .await
-        });
+        let app = router(ApiState { logic, jwt, hash_cost: crate::tasks::hash_cost(&cfg), extra_metrics: None });
+        let (http_addr, http) = serve_http(cfg.logic.http_listen, app, shutdown_rx.clone()).await?;
         info!(http = %http_addr, group, "gochat ready");
         wait_for_signal().await;
         info!("shutting down");
         let _ = shutdown_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+        let _ = producer.flush(Duration::from_secs(5));
+        info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// Bind `addr` and serve `app` until `shutdown` turns true.
+async fn serve_http(
+    addr: std::net::SocketAddr,
+    app: axum::Router,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|v| *v).await;
+            })
+            .await
+    });
+    Ok((local, task))
+}
+
+// ------------------------------------------------------------------- task
+
+pub fn run_task(cfg: Config) -> anyhow::Result<()> {
+    info!(worker_id = cfg.worker_id, version = env!("CARGO_PKG_VERSION"), "starting gochat task");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("task").build()?;
+    runtime.block_on(async move {
+        let topics = Topics::new(&cfg.kafka.topic_prefix);
+        let kafka = Kafka::new(cfg.kafka.clone());
+        let dlq = ensure_logic_topics(&cfg, &kafka, &topics).await?;
+        let client_id = format!("task-{}", cfg.worker_id);
+        let (logic, producer) = cluster_logic(&cfg, &kafka, &client_id, dlq).await?;
+        let tasks = crate::tasks::runner(&cfg, &logic, producer.clone(), DeadLetters::Topic(topics.task_dead()))?;
+        let group = format!("{}{}", cfg.kafka.topic_prefix, cfg.kafka.task_group);
+        let retry_group = format!("{group}-retry");
+        let main = kafka.group_consumer::<TokioRuntime>(&client_id, &group, &topics.task())?;
+        let retries = kafka.group_consumer::<TokioRuntime>(&client_id, &retry_group, &topics.task_retry())?;
+        let (main_ctx, retry_ctx) = (main.group_context(), retries.group_context());
+
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let w1 = tokio::spawn(tasks.clone().run_main(Box::new(main), shutdown_rx.clone()));
+        let w2 = tokio::spawn(tasks.clone().run_retries(Box::new(retries), shutdown_rx.clone()));
+        for ctx in [&main_ctx, &retry_ctx] {
+            if !ctx.wait_assigned(Duration::from_secs(60)).await {
+                tracing::warn!(group, "no partition assignment after 60 s; running anyway");
+            }
+        }
+        let metrics = tasks.metrics.clone();
+        let logic_metrics = logic.metrics.clone();
+        let ready_logic = logic.clone();
+        let app = axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .route(
+                "/readyz",
+                axum::routing::get(move || {
+                    let logic = ready_logic.clone();
+                    async move {
+                        // Ready = the store answers (Redis failures surface per task).
+                        match logic.store.ping().await {
+                            Ok(()) => (axum::http::StatusCode::OK, "ready\n"),
+                            Err(_) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n"),
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let (metrics, logic_metrics) = (metrics.clone(), logic_metrics.clone());
+                    async move {
+                        let mut enc = gochat_common::metrics::TextEncoder::new();
+                        metrics.render(&mut enc);
+                        logic_metrics.render(&mut enc);
+                        enc.finish()
+                    }
+                }),
+            );
+        let (http_addr, http) = serve_http(cfg.task.http_listen, app, shutdown_rx.clone()).await?;
+        info!(http = %http_addr, group, "gochat ready");
+        wait_for_signal().await;
+        info!("shutting down");
+        let _ = shutdown_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), w1).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), w2).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
         let _ = producer.flush(Duration::from_secs(5));
         info!("stopped");

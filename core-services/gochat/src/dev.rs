@@ -12,10 +12,12 @@ use gochat_common::ids::Snowflake;
 use gochat_common::telemetry;
 use gochat_gateway::{Gateway, GatewayDeps, GatewaySettings, ShardBus};
 use gochat_logic::api::{router, ApiState};
+use gochat_logic::moderation::Moderator;
 use gochat_logic::session::MemorySessionStore;
-use gochat_logic::Logic;
+use gochat_logic::{Logic, LogicDeps};
 use gochat_repo::sqlite::SqliteStore;
 use gochat_repo::Store;
+use gochat_task::DeadLetters;
 use std::path::Path;
 use std::sync::Arc;
 use tracing::info;
@@ -99,14 +101,40 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let push_topic = topics.push(&cfg.gateway.id);
         push_bus.create_topic(&push_topic, shards as u32)?;
 
+        bus.create_topic(&topics.task(), cfg.task.partitions)?;
+        bus.create_topic(&topics.task_retry(), 1)?;
+
         let ids = Arc::new(Snowflake::new(cfg.worker_id)?);
         let sessions = Arc::new(MemorySessionStore::new(DEDUP_CACHE_ENTRIES));
-        let logic = Logic::new(store, sessions, push_bus.producer(), ids, cfg.logic.clone());
+        let logic = Logic::new(LogicDeps {
+            store,
+            sessions,
+            push_producer: push_bus.producer(),
+            bus_producer: bus.producer(),
+            ids,
+            cfg: cfg.logic.clone(),
+            task_cfg: cfg.task.clone(),
+            moderator: Moderator::new(&cfg.moderation).context("moderation config")?,
+            topics: topics.clone(),
+            dead_letter: None,
+        });
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let logic_task = tokio::spawn(logic.clone().run(bus.subscribe_all(&topics.upstream())?, shutdown_rx.clone()));
 
-        let api =
-            Arc::new(TokioApi::new(router(ApiState { logic, jwt: jwt.clone() }), tokio::runtime::Handle::current()));
+        let dead_letters = cfg.data_dir.join("dead-letters.jsonl");
+        let tasks = crate::tasks::runner(&cfg, &logic, bus.producer(), DeadLetters::File(dead_letters))?;
+        let task_main = tokio::spawn(tasks.clone().run_main(bus.subscribe_all(&topics.task())?, shutdown_rx.clone()));
+        let task_retry =
+            tokio::spawn(tasks.clone().run_retries(bus.subscribe_all(&topics.task_retry())?, shutdown_rx.clone()));
+        let task_metrics = tasks.metrics.clone();
+
+        let state = ApiState {
+            logic,
+            jwt: jwt.clone(),
+            hash_cost: crate::tasks::hash_cost(&cfg),
+            extra_metrics: Some(Arc::new(move |enc| task_metrics.render(enc))),
+        };
+        let api = Arc::new(TokioApi::new(router(state), tokio::runtime::Handle::current()));
         let shard_bus = Arc::new(MemoryShardBus { upstream: bus.producer(), push: push_bus.clone(), push_topic });
         let deps = GatewayDeps { bus: shard_bus, jwt, api };
         let gateway = Gateway::start(settings, cfg.listen, deps, shutdown_rx)?;
@@ -117,6 +145,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let _ = shutdown_tx.send(true);
         tokio::task::spawn_blocking(move || gateway.join()).await?;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), logic_task).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task_main).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task_retry).await;
         info!("stopped");
         anyhow::Ok(())
     })

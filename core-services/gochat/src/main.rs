@@ -8,6 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bridge;
 mod cluster;
 mod dev;
+mod tasks;
 
 use clap::{Args, Parser, Subcommand};
 use gochat_common::config::Config;
@@ -38,6 +39,9 @@ enum Command {
     Gateway(RoleArgs),
     /// Cluster mode: a logic process (Kafka consumer group, Redis, the store, REST API).
     Logic,
+    /// Cluster mode: a task-tier process (large-group fan-out, offline push;
+    /// retries and dead letters through im.task.retry / im.task.dlq).
+    Task,
     /// Cluster mode: the repo service (gRPC in front of MySQL, with grpc.health.v1).
     Repo,
     /// Create the database if needed and apply its migrations (SQLite or MySQL).
@@ -133,6 +137,11 @@ fn main() -> anyhow::Result<()> {
             cfg.validate()?;
             gochat_common::telemetry::init(cfg.log.format, &cfg.log.filter);
             cluster::run_logic(cfg)
+        }
+        Command::Task => {
+            cfg.validate()?;
+            gochat_common::telemetry::init(cfg.log.format, &cfg.log.filter);
+            cluster::run_task(cfg)
         }
         Command::Repo => {
             cfg.validate()?;

@@ -122,8 +122,12 @@ impl Kafka {
             .consumer_config(client_id, &format!("{client_id}-assign"))
             .create_with_context(GroupContext::default())
             .map_err(broker_err)?;
+        // Start at the partition's end as of now, resolved before returning:
+        // `Offset::End` would be resolved lazily on the first fetch, and a
+        // record produced between "ready" and that fetch would be skipped.
+        let (_, high) = inner.fetch_watermarks(topic, partition as i32, Duration::from_secs(10)).map_err(broker_err)?;
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition as i32, Offset::End).map_err(broker_err)?;
+        tpl.add_partition_offset(topic, partition as i32, Offset::Offset(high)).map_err(broker_err)?;
         inner.assign(&tpl).map_err(broker_err)?;
         Ok(KafkaConsumer { inner, pending: HashMap::new(), commits: false })
     }

@@ -3,7 +3,8 @@
 //! `{"error": {"code": "<snake_case>", "message": "..."}}`.
 
 use crate::frames::MessageView;
-use crate::{password, Logic};
+use crate::logic::LogicError;
+use crate::{groups_api, password, Access, Logic};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{header, request::Parts, StatusCode};
@@ -20,10 +21,16 @@ use serde_json::json;
 use std::sync::Arc;
 use tracing::{error, info};
 
+/// Renders more metric families into /metrics.
+pub type MetricsRenderer = Arc<dyn Fn(&mut TextEncoder) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct ApiState {
     pub logic: Arc<Logic>,
     pub jwt: JwtKeys,
+    pub hash_cost: password::HashCost,
+    /// More families for /metrics (embedded mode: the in-process task tier).
+    pub extra_metrics: Option<MetricsRenderer>,
 }
 
 /// A protocol error: status + snake_case code + human message.
@@ -38,10 +45,10 @@ impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into() }
     }
-    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
-    fn internal(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
         error!(error = %e, "request failed");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
     }
@@ -55,6 +62,12 @@ impl IntoResponse for ApiError {
 
 impl From<RepoError> for ApiError {
     fn from(e: RepoError) -> Self {
+        Self::internal(e)
+    }
+}
+
+impl From<LogicError> for ApiError {
+    fn from(e: LogicError) -> Self {
         Self::internal(e)
     }
 }
@@ -114,6 +127,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/users/me", get(me))
         .route("/api/v1/users/{uid}/presence", get(presence))
         .route("/api/v1/conversations/{cid}/messages", get(history))
+        .route("/api/v1/groups", post(groups_api::create).get(groups_api::mine))
+        .route("/api/v1/groups/{gid}", get(groups_api::get_one).delete(groups_api::dissolve))
+        .route("/api/v1/groups/{gid}/members", post(groups_api::add_members))
+        .route(
+            "/api/v1/groups/{gid}/members/{uid}",
+            axum::routing::delete(groups_api::remove_member).patch(groups_api::set_role),
+        )
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
@@ -146,7 +166,8 @@ async fn register(State(st): State<ApiState>, ApiJson(body): ApiJson<RegisterBod
         return Err(ApiError::bad_request("invalid_nickname", "nickname must be 1-64 printable characters"));
     }
     let pw = body.password;
-    let hash = tokio::task::spawn_blocking(move || password::hash(&pw)).await.map_err(ApiError::internal)?;
+    let hash =
+        tokio::task::spawn_blocking(move || password::hash(&pw, st.hash_cost)).await.map_err(ApiError::internal)?;
     let user = User {
         id: st.logic.ids().next_id(),
         username: body.username,
@@ -178,7 +199,8 @@ struct LoginBody {
 
 async fn login(State(st): State<ApiState>, ApiJson(body): ApiJson<LoginBody>) -> Result<Response, ApiError> {
     let user = st.logic.store.user_by_username(&body.username).await?;
-    let phc = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| password::decoy_hash().to_owned());
+    let phc =
+        user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| password::decoy_hash(st.hash_cost).to_owned());
     let pw = body.password;
     let ok = tokio::task::spawn_blocking(move || password::verify(&pw, &phc)).await.map_err(ApiError::internal)?;
     match user {
@@ -231,15 +253,14 @@ async fn history(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
     let conv = ConversationId::parse(&cid).map_err(|e| ApiError::bad_request("invalid_conversation", e.to_string()))?;
-    if conv.is_group() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_conversation",
-            "group conversations are not available",
-        ));
-    }
-    if conv.peer_of(uid).is_none() {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "not_member", "you are not a member of this conversation"));
+    match st.logic.access(&conv, uid).await? {
+        Access::Member => {}
+        Access::NotMember => {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "not_member", "you are not a member of this conversation"))
+        }
+        Access::UnknownGroup => {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_conversation", "no such group"))
+        }
     }
     let limit = st.logic.page_limit(q.limit);
     let (messages, has_more) = st.logic.page(&cid, q.after_seq, limit).await?;
@@ -259,5 +280,8 @@ async fn readyz(State(st): State<ApiState>) -> Response {
 async fn metrics(State(st): State<ApiState>) -> Response {
     let mut enc = TextEncoder::new();
     st.logic.metrics.render(&mut enc);
+    if let Some(extra) = &st.extra_metrics {
+        extra(&mut enc);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], enc.finish()).into_response()
 }

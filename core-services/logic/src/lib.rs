@@ -12,10 +12,13 @@
 //! [`SessionStore`]: session::SessionStore
 
 pub mod api;
+pub mod fanout;
 pub mod frames;
+pub mod groups_api;
 pub mod logic;
+pub mod moderation;
 pub mod password;
 pub mod redis_store;
 pub mod session;
 
-pub use logic::{Logic, LogicMetrics};
+pub use logic::{Access, Logic, LogicDeps, LogicMetrics};

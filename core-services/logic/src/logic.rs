@@ -7,17 +7,21 @@
 //! left); the batch is retried, and dedup turns any redelivery into the
 //! original ack.
 
+use crate::fanout::{self, Outbound};
 use crate::frames;
+use crate::moderation::{Moderator, Verdict};
 use crate::session::{AckRecord, Session, SessionStore, SessionStoreError};
 use bytes::Bytes;
 use gochat_common::bus::{BusError, Consumer, Producer, Record, Topics};
-use gochat_common::config::LogicConfig;
+use gochat_common::config::{LogicConfig, TaskConfig};
 use gochat_common::convid::ConversationId;
 use gochat_common::ids::Snowflake;
 use gochat_common::metrics::{Counter, TextEncoder};
 use gochat_proto::bus::{self, session_event, KafkaMessage};
-use gochat_proto::{kind, Message as _};
+use gochat_proto::task as tasks;
+use gochat_proto::{kind, Message};
 use gochat_repo::{RepoError, Store, StoredMessage};
+use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,11 +56,18 @@ pub struct LogicMetrics {
     pub pushes: Counter,
     pub push_failures: Counter,
     pub batch_retries: Counter,
+    pub system_messages: Counter,
+    pub moderation_rejected: Counter,
+    pub moderation_flagged: Counter,
+    pub tasks_produced: Counter,
+    pub task_produce_failures: Counter,
+    pub fanout_inline: Counter,
+    pub fanout_delegated: Counter,
 }
 
 impl LogicMetrics {
     pub fn render(&self, enc: &mut TextEncoder) {
-        let rows: [(&str, &str, &Counter); 11] = [
+        let rows: [(&str, &str, &Counter); 18] = [
             ("gochat_logic_records_total", "bus records consumed from im.upstream", &self.records),
             ("gochat_logic_corrupt_records_total", "records that could not be decoded", &self.corrupt_records),
             ("gochat_logic_sends_total", "send-message records processed", &self.sends),
@@ -68,6 +79,17 @@ impl LogicMetrics {
             ("gochat_logic_pushes_total", "push records produced (one per gateway shard per event)", &self.pushes),
             ("gochat_logic_push_failures_total", "push records that could not be produced", &self.push_failures),
             ("gochat_logic_batch_retries_total", "upstream batches retried after a failure", &self.batch_retries),
+            ("gochat_logic_system_messages_total", "group membership events stored", &self.system_messages),
+            ("gochat_logic_moderation_rejected_total", "sends refused by moderation", &self.moderation_rejected),
+            ("gochat_logic_moderation_flagged_total", "sends flagged by moderation (stored)", &self.moderation_flagged),
+            ("gochat_logic_tasks_produced_total", "tasks handed to the task tier", &self.tasks_produced),
+            (
+                "gochat_logic_task_produce_failures_total",
+                "tasks that could not be produced",
+                &self.task_produce_failures,
+            ),
+            ("gochat_logic_fanout_inline_total", "messages fanned out by logic", &self.fanout_inline),
+            ("gochat_logic_fanout_delegated_total", "group messages handed to the task tier", &self.fanout_delegated),
         ];
         for (name, help, c) in rows {
             enc.family(name, "counter", help).sample(name, &[], c.get());
@@ -75,15 +97,34 @@ impl LogicMetrics {
     }
 }
 
+/// What a [`Logic`] is built from.
+pub struct LogicDeps {
+    pub store: Arc<dyn Store>,
+    pub sessions: Arc<dyn SessionStore>,
+    /// Produces pushes (`im.push.{gateway}`).
+    pub push_producer: Arc<dyn Producer>,
+    /// Produces to `im.upstream` (system events), `im.task` and dead letters.
+    pub bus_producer: Arc<dyn Producer>,
+    pub ids: Arc<Snowflake>,
+    pub cfg: LogicConfig,
+    pub task_cfg: TaskConfig,
+    pub moderator: Moderator,
+    pub topics: Topics,
+    /// Topic for records that cannot be processed (None: log and drop).
+    pub dead_letter: Option<String>,
+}
+
 /// Shared handles logic works with.
 pub struct Logic {
     pub store: Arc<dyn Store>,
     pub sessions: Arc<dyn SessionStore>,
     producer: Arc<dyn Producer>,
+    bus: Arc<dyn Producer>,
     ids: Arc<Snowflake>,
     cfg: LogicConfig,
+    task_cfg: TaskConfig,
+    moderator: Moderator,
     pub metrics: Arc<LogicMetrics>,
-    /// Topic for records that cannot be processed (None: log and drop).
     dead_letter: Option<String>,
     topics: Topics,
     /// Users known to exist (ids are never reused), so a 1:1 send does not
@@ -93,20 +134,15 @@ pub struct Logic {
 
 const KNOWN_USERS_CAP: usize = 1 << 20;
 
-/// One outbound push: frame + recipients on one (gateway, shard).
-struct Outbound {
-    gateway_id: Arc<str>,
-    shard: u32,
-    recipients: Vec<bus::Recipient>,
-    frame: Bytes,
-}
-
 /// A send that survived validation and is waiting for its seq.
 struct Accepted {
     trace_id: String,
     origin: bus::ConnRef,
     sender_id: u64,
+    /// The other participant of a 1:1 conversation (0 for a group).
     peer_id: u64,
+    /// A group's members, ascending (None for 1:1).
+    group: Option<(u64, Arc<[u64]>)>,
     client_msg_id: String,
     conversation_id: String,
     content_type: String,
@@ -118,42 +154,34 @@ fn session_of(c: &bus::ConnRef) -> Session {
 }
 
 impl Logic {
-    pub fn new(
-        store: Arc<dyn Store>,
-        sessions: Arc<dyn SessionStore>,
-        producer: Arc<dyn Producer>,
-        ids: Arc<Snowflake>,
-        cfg: LogicConfig,
-    ) -> Arc<Self> {
+    pub fn new(d: LogicDeps) -> Arc<Self> {
         Arc::new(Self {
-            store,
-            sessions,
-            producer,
-            ids,
-            cfg,
+            store: d.store,
+            sessions: d.sessions,
+            producer: d.push_producer,
+            bus: d.bus_producer,
+            ids: d.ids,
+            cfg: d.cfg,
+            task_cfg: d.task_cfg,
+            moderator: d.moderator,
             metrics: Arc::default(),
-            dead_letter: None,
-            topics: Topics::default(),
+            dead_letter: d.dead_letter,
+            topics: d.topics,
             known_users: Mutex::new(HashSet::new()),
         })
     }
 
-    /// Cluster mode: topic names behind a prefix, and a dead-letter topic
-    /// for records that cannot be processed.
-    pub fn clustered(
-        store: Arc<dyn Store>,
-        sessions: Arc<dyn SessionStore>,
-        producer: Arc<dyn Producer>,
-        ids: Arc<Snowflake>,
-        cfg: LogicConfig,
-        topics: Topics,
-        dead_letter: String,
-    ) -> Arc<Self> {
-        let mut logic = Self::new(store, sessions, producer, ids, cfg);
-        let inner = Arc::get_mut(&mut logic).expect("fresh Arc");
-        inner.dead_letter = Some(dead_letter);
-        inner.topics = topics;
-        logic
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    pub fn task_config(&self) -> &TaskConfig {
+        &self.task_cfg
+    }
+
+    /// Offline push is on when a provider is configured.
+    pub fn offline_push_enabled(&self) -> bool {
+        !self.task_cfg.push_webhook_url.is_empty()
     }
 
     pub fn ids(&self) -> &Snowflake {
@@ -186,10 +214,15 @@ impl Logic {
                 }
             };
             let mut attempt = 0u32;
+            // Records before `done` were fully handled by an earlier attempt:
+            // a retry starts after them, so a sync is not answered twice.
+            let mut done = 0;
             loop {
-                match self.handle_batch(&records).await {
+                let mut progressed = 0;
+                match self.handle_batch_from(&records[done..], &mut progressed).await {
                     Ok(()) => break,
                     Err(e) => {
+                        done += progressed;
                         attempt += 1;
                         self.metrics.batch_retries.inc();
                         let backoff = Duration::from_millis((50u64 << attempt.min(7)).min(5_000));
@@ -208,8 +241,14 @@ impl Logic {
     /// Process one batch in record order: runs of sends are persisted together;
     /// a sync or session event first flushes the sends before it.
     pub async fn handle_batch(&self, records: &[Record]) -> Result<(), LogicError> {
+        self.handle_batch_from(records, &mut 0).await
+    }
+
+    /// [`Self::handle_batch`], counting in `done` the leading records that are
+    /// fully handled (their effects happened), for a retry to skip.
+    async fn handle_batch_from(&self, records: &[Record], done: &mut usize) -> Result<(), LogicError> {
         let mut sends: Vec<(String, bus::SendMessage)> = Vec::new();
-        for rec in records {
+        for (i, rec) in records.iter().enumerate() {
             self.metrics.records.inc();
             let env = match KafkaMessage::decode(rec.payload.clone()) {
                 Ok(e) => e,
@@ -242,7 +281,18 @@ impl Logic {
                         Err(e) => self.corrupt(rec, &format!("undecodable {kind} payload: {e}")).await,
                     }
                 }
+                kind::SYSTEM => {
+                    self.flush_sends(&mut sends).await?;
+                    match bus::SystemEvent::decode(env.body) {
+                        Ok(ev) => self.handle_system(ev).await?,
+                        Err(e) => self.corrupt(rec, &format!("undecodable {kind} payload: {e}")).await,
+                    }
+                }
                 other => self.corrupt(rec, &format!("unknown record type {other:?}")).await,
+            }
+            if sends.is_empty() {
+                // Nothing of this record or before it is pending.
+                *done = i + 1;
             }
         }
         self.flush_sends(&mut sends).await
@@ -303,26 +353,19 @@ impl Logic {
         reference: Option<&str>,
     ) {
         self.metrics.rejected.inc();
-        out.push(Outbound {
-            gateway_id: origin.gateway_id.as_str().into(),
-            shard: origin.shard,
-            recipients: vec![bus::Recipient { conn_id: origin.conn_id, user_id: sender }],
-            frame: frames::error(code, message, reference),
-        });
+        out.push(Outbound::to_conn(origin, sender, frames::error(code, message, reference)));
     }
 
     fn ack_to(out: &mut Vec<Outbound>, origin: &bus::ConnRef, sender: u64, client_msg_id: &str, ack: &AckRecord) {
-        out.push(Outbound {
-            gateway_id: origin.gateway_id.as_str().into(),
-            shard: origin.shard,
-            recipients: vec![bus::Recipient { conn_id: origin.conn_id, user_id: sender }],
-            frame: frames::message_ack(client_msg_id, ack.msg_id, &ack.conversation_id, ack.seq, ack.ts),
-        });
+        let frame = frames::message_ack(client_msg_id, ack.msg_id, &ack.conversation_id, ack.seq, ack.ts);
+        out.push(Outbound::to_conn(origin, sender, frame));
     }
 
     async fn process_sends(&self, batch: &[(String, bus::SendMessage)]) -> Result<(), LogicError> {
         let mut out: Vec<Outbound> = Vec::new();
         let mut accepted: Vec<Accepted> = Vec::with_capacity(batch.len());
+        // Member lists looked up in this batch, per group.
+        let mut members_of: HashMap<u64, Arc<[u64]>> = HashMap::new();
 
         // 1. Resolve and check each send.
         for (trace_id, s) in batch {
@@ -344,17 +387,29 @@ impl Logic {
                     continue;
                 }
             };
+            let mut group = None;
             let peer_id = match cid {
-                ConversationId::Group(_) => {
-                    self.reject(
-                        &mut out,
-                        &origin,
-                        s.sender_id,
-                        "unknown_conversation",
-                        "group conversations are not available",
-                        Some(cmid),
-                    );
-                    continue;
+                ConversationId::Group(gid) => {
+                    let members = match members_of.get(&gid) {
+                        Some(m) => m.clone(),
+                        None => {
+                            let m = self.members(gid).await?;
+                            members_of.insert(gid, m.clone());
+                            m
+                        }
+                    };
+                    if members.is_empty() {
+                        let why = "no such group";
+                        self.reject(&mut out, &origin, s.sender_id, "unknown_conversation", why, Some(cmid));
+                        continue;
+                    }
+                    if members.binary_search(&s.sender_id).is_err() {
+                        let why = "you are not a member of this group";
+                        self.reject(&mut out, &origin, s.sender_id, "not_member", why, Some(cmid));
+                        continue;
+                    }
+                    group = Some((gid, members));
+                    0
                 }
                 ConversationId::Single { .. } => match cid.peer_of(s.sender_id) {
                     Some(p) => p,
@@ -394,6 +449,7 @@ impl Logic {
                 origin,
                 sender_id: s.sender_id,
                 peer_id,
+                group,
                 client_msg_id: s.client_msg_id.clone(),
                 conversation_id: cid.to_string(),
                 content_type: s.content_type.clone(),
@@ -404,7 +460,12 @@ impl Logic {
         // 2. Peers must exist.
         let unknown: Vec<u64> = {
             let known = self.known_users.lock().expect("known users lock");
-            let mut v: Vec<u64> = accepted.iter().map(|a| a.peer_id).filter(|p| !known.contains(p)).collect();
+            let mut v: Vec<u64> = accepted
+                .iter()
+                .filter(|a| a.group.is_none())
+                .map(|a| a.peer_id)
+                .filter(|p| !known.contains(p))
+                .collect();
             v.sort_unstable();
             v.dedup();
             v
@@ -418,7 +479,7 @@ impl Logic {
             known.extend(found);
             let mut kept = Vec::with_capacity(accepted.len());
             for a in accepted {
-                if known.contains(&a.peer_id) {
+                if a.group.is_some() || known.contains(&a.peer_id) {
                     kept.push(a);
                 } else {
                     self.reject(
@@ -429,6 +490,39 @@ impl Logic {
                         "the recipient does not exist",
                         Some(&a.client_msg_id),
                     );
+                }
+            }
+            accepted = kept;
+        }
+
+        // 2b. Moderation, before anything is stored.
+        if self.moderator.is_enabled() {
+            let verdicts = futures_util::future::join_all(
+                accepted
+                    .iter()
+                    .map(|a| self.moderator.check(a.sender_id, &a.conversation_id, &a.content_type, &a.content)),
+            )
+            .await;
+            let mut kept = Vec::with_capacity(accepted.len());
+            for (a, v) in accepted.into_iter().zip(verdicts) {
+                match v {
+                    Verdict::Allow => kept.push(a),
+                    Verdict::Flag(reason) => {
+                        self.metrics.moderation_flagged.inc();
+                        warn!(sender_id = a.sender_id, conversation_id = %a.conversation_id, client_msg_id = %a.client_msg_id, reason = %reason, "message flagged by moderation");
+                        kept.push(a);
+                    }
+                    Verdict::Reject(reason) => {
+                        self.metrics.moderation_rejected.inc();
+                        self.reject(
+                            &mut out,
+                            &a.origin,
+                            a.sender_id,
+                            "message_rejected",
+                            &reason,
+                            Some(&a.client_msg_id),
+                        );
+                    }
                 }
             }
             accepted = kept;
@@ -543,8 +637,17 @@ impl Logic {
         }
         self.metrics.persisted.add(rows.len() as u64);
 
-        // 6. Remember acks, ack senders, fan out.
-        let mut users: Vec<u64> = fresh.iter().flat_map(|a| [a.sender_id, a.peer_id]).collect();
+        // 6. Remember acks, ack senders, fan out: 1:1 and small groups here,
+        //    large groups through the task tier.
+        let threshold = self.cfg.group_fanout_threshold;
+        let mut users: Vec<u64> = Vec::new();
+        for a in &fresh {
+            match &a.group {
+                None => users.extend([a.sender_id, a.peer_id]),
+                Some((_, m)) if m.len() <= threshold => users.extend(m.iter().copied()),
+                Some(_) => {}
+            }
+        }
         users.sort_unstable();
         users.dedup();
         // From here on the batch is stored: a failure may cost live delivery
@@ -570,27 +673,40 @@ impl Logic {
             }
             Self::ack_to(&mut out, &a.origin, a.sender_id, &a.client_msg_id, &ack);
             let origin = session_of(&a.origin);
-            let mut groups: Vec<Outbound> = Vec::new();
             let frame = frames::new_message(row);
-            for uid in [a.peer_id, a.sender_id] {
-                for s in by_user.get(&uid).into_iter().flatten() {
-                    if **s == origin {
-                        continue; // the sending device gets the ack, not an echo
-                    }
-                    let r = bus::Recipient { conn_id: s.conn_id, user_id: uid };
-                    match groups.iter_mut().find(|g| g.shard == s.shard && g.gateway_id == s.gateway_id) {
-                        Some(g) => g.recipients.push(r),
-                        None => groups.push(Outbound {
-                            gateway_id: s.gateway_id.clone(),
-                            shard: s.shard,
-                            recipients: vec![r],
-                            frame: frame.clone(),
-                        }),
-                    }
+            let recipients: &[u64] = match &a.group {
+                Some((gid, members)) if members.len() > threshold => {
+                    // The ack above goes out now; the fan-out happens in the task tier.
+                    let task = bus::FanoutTask {
+                        conversation_id: row.conversation_id.clone(),
+                        group_id: *gid,
+                        msg_id: row.msg_id,
+                        seq: row.seq,
+                        sender_id: a.sender_id,
+                        origin: Some(a.origin.clone()),
+                        frame,
+                        content_type: row.content_type.clone(),
+                        preview: preview(&row.content_type, &row.content),
+                        ts: row.created_at,
+                        also_notify: Vec::new(),
+                    };
+                    self.metrics.fanout_delegated.inc();
+                    self.produce_task(tasks::FANOUT, &row.conversation_id, row.msg_id, &a.trace_id, task).await;
+                    continue;
                 }
+                Some((_, members)) => members,
+                None => &[a.peer_id, a.sender_id][..],
+            };
+            self.metrics.fanout_inline.inc();
+            let before = out.len();
+            let sessions = recipients.iter().flat_map(|u| by_user.get(u).into_iter().flatten().map(move |s| (*u, *s)));
+            fanout::plan(&frame, sessions, Some(&origin), self.task_cfg.max_push_recipients, &mut out);
+            debug!(trace_id = %a.trace_id, msg_id = row.msg_id, conversation_id = %row.conversation_id, seq = row.seq, pushes = out.len() - before, "message persisted");
+            if self.offline_push_enabled() {
+                let offline: Vec<u64> =
+                    recipients.iter().copied().filter(|u| *u != a.sender_id && !by_user.contains_key(u)).collect();
+                self.offline_push(&PushSource::from(row), offline, &a.trace_id).await;
             }
-            debug!(trace_id = %a.trace_id, msg_id = row.msg_id, conversation_id = %row.conversation_id, seq = row.seq, pushes = groups.len(), "message persisted");
-            out.extend(groups);
         }
         for (j, a) in repeats_of_fresh {
             self.metrics.duplicates.inc();
@@ -647,7 +763,7 @@ impl Logic {
 
     /// Produce pushes in order. A push that cannot be produced is counted and
     /// logged: the message is stored, and the recipient catches up by sync.
-    async fn deliver(&self, out: Vec<Outbound>) {
+    pub async fn deliver(&self, out: Vec<Outbound>) {
         let mut topics: HashMap<Arc<str>, String> = HashMap::new();
         for o in out {
             let push = bus::Push { recipients: o.recipients, frame: o.frame };
@@ -685,32 +801,24 @@ impl Logic {
                 return Ok(());
             }
         };
-        if cid.is_group() {
-            let why = "group conversations are not available";
-            self.reject(&mut out, &origin, req.user_id, "unknown_conversation", why, reference);
-            self.deliver(out).await;
-            return Ok(());
-        }
-        if cid.peer_of(req.user_id).is_none() {
-            self.reject(
-                &mut out,
-                &origin,
-                req.user_id,
-                "not_member",
-                "you are not a member of this conversation",
-                reference,
-            );
-            self.deliver(out).await;
-            return Ok(());
+        match self.access(&cid, req.user_id).await? {
+            Access::Member => {}
+            Access::NotMember => {
+                let why = "you are not a member of this conversation";
+                self.reject(&mut out, &origin, req.user_id, "not_member", why, reference);
+                self.deliver(out).await;
+                return Ok(());
+            }
+            Access::UnknownGroup => {
+                self.reject(&mut out, &origin, req.user_id, "unknown_conversation", "no such group", reference);
+                self.deliver(out).await;
+                return Ok(());
+            }
         }
         let limit = self.page_limit(req.limit);
         let (messages, has_more) = self.page(&req.conversation_id, req.after_seq, limit).await?;
-        out.push(Outbound {
-            gateway_id: origin.gateway_id.as_str().into(),
-            shard: origin.shard,
-            recipients: vec![bus::Recipient { conn_id: origin.conn_id, user_id: req.user_id }],
-            frame: frames::sync_result(&req.conversation_id, &messages, has_more),
-        });
+        let frame = frames::sync_result(&req.conversation_id, &messages, has_more);
+        out.push(Outbound::to_conn(&origin, req.user_id, frame));
         self.deliver(out).await;
         Ok(())
     }
@@ -739,4 +847,210 @@ impl Logic {
         }
         Ok((messages, has_more))
     }
+
+    /// May `user_id` read (and write) conversation `cid`?
+    pub async fn access(&self, cid: &ConversationId, user_id: u64) -> Result<Access, LogicError> {
+        Ok(match *cid {
+            ConversationId::Single { .. } if cid.peer_of(user_id).is_some() => Access::Member,
+            ConversationId::Single { .. } => Access::NotMember,
+            ConversationId::Group(gid) => {
+                let members = self.members(gid).await?;
+                if members.is_empty() {
+                    Access::UnknownGroup
+                } else if members.binary_search(&user_id).is_ok() {
+                    Access::Member
+                } else {
+                    Access::NotMember
+                }
+            }
+        })
+    }
+
+    /// A group's member ids, ascending (empty: no such group). Cache-aside
+    /// through the fast store.
+    pub async fn members(&self, group_id: u64) -> Result<Arc<[u64]>, LogicError> {
+        if let Some(m) = self.sessions.cached_members(group_id).await? {
+            return Ok(m);
+        }
+        let members: Arc<[u64]> = self.store.group_members(group_id).await?.into_iter().map(|m| m.user_id).collect();
+        let ttl = Duration::from_secs(self.cfg.member_cache_ttl_secs);
+        if let Err(e) = self.sessions.cache_members(group_id, &members, ttl).await {
+            warn!(group_id, error = %e, "member list not cached");
+        }
+        Ok(members)
+    }
+
+    /// After the database's membership changed: drop the cached list now and
+    /// once more shortly after, so a reader that loaded the old list just
+    /// before the change cannot leave it cached (cache-aside race).
+    pub async fn invalidate_members(self: &Arc<Self>, group_id: u64) {
+        if let Err(e) = self.sessions.invalidate_members(group_id).await {
+            warn!(group_id, error = %e, "member cache not invalidated; it expires by TTL");
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(MEMBER_CACHE_SECOND_DELETE).await;
+            let _ = me.sessions.invalidate_members(group_id).await;
+        });
+    }
+
+    /// Queue a membership event for the group's sequence (the API calls this
+    /// after the database changed). It travels through `im.upstream` keyed by
+    /// the conversation, so it is ordered with the group's messages.
+    pub async fn publish_system(&self, ev: bus::SystemEvent) -> Result<(), LogicError> {
+        let key = ConversationId::Group(ev.group_id).to_string();
+        let env = KafkaMessage::wrap(kind::SYSTEM, format!("{:x}", ev.event_id), ev);
+        self.bus.send(&self.topics.upstream(), key.as_bytes(), None, env.encode_to_vec().into()).await?;
+        Ok(())
+    }
+
+    /// Store a membership event as a `system` message and deliver it.
+    async fn handle_system(&self, ev: bus::SystemEvent) -> Result<(), LogicError> {
+        let cid = ConversationId::Group(ev.group_id).to_string();
+        let client_msg_id = format!("sys:{}", ev.event_id);
+        if !self.store.messages_by_client_ids(&[(ev.actor_id, client_msg_id.clone())]).await?.is_empty() {
+            return Ok(()); // a redelivered event, already stored
+        }
+        let user_ids: Vec<String> = ev.user_ids.iter().map(u64::to_string).collect();
+        let content = json!({"event": ev.event, "user_ids": user_ids}).to_string();
+        let seq = self.reserve_all(&[(cid.clone(), 1)]).await?[&cid];
+        let row = StoredMessage {
+            msg_id: self.ids.next_id(),
+            conversation_id: cid.clone(),
+            seq,
+            sender_id: ev.actor_id,
+            client_msg_id,
+            content_type: "system".into(),
+            content,
+            created_at: if ev.at_ms > 0 { ev.at_ms } else { gochat_common::now_ms() },
+        };
+        if let Err(e) = self.store.insert_messages(std::slice::from_ref(&row)).await {
+            let _ = self.sessions.reset_seq(&cid).await;
+            return Err(e.into());
+        }
+        self.metrics.system_messages.inc();
+        self.metrics.persisted.inc();
+        let frame = frames::new_message(&row);
+        let members = self.members(ev.group_id).await.unwrap_or_else(|e| {
+            warn!(error = %e, "member lookup failed; members will catch up by sync");
+            Arc::from(Vec::new())
+        });
+        let mut recipients: Vec<u64> = members.iter().chain(&ev.notify).copied().collect();
+        recipients.sort_unstable();
+        recipients.dedup();
+        if recipients.len() > self.cfg.group_fanout_threshold {
+            let task = bus::FanoutTask {
+                conversation_id: cid.clone(),
+                group_id: ev.group_id,
+                msg_id: row.msg_id,
+                seq: row.seq,
+                sender_id: row.sender_id,
+                origin: None,
+                frame,
+                content_type: row.content_type.clone(),
+                preview: String::new(),
+                ts: row.created_at,
+                also_notify: ev.notify.clone(),
+            };
+            self.metrics.fanout_delegated.inc();
+            self.produce_task(tasks::FANOUT, &cid, row.msg_id, "", task).await;
+            return Ok(());
+        }
+        let sessions = self.sessions.sessions(&recipients).await.unwrap_or_else(|e| {
+            warn!(error = %e, "session lookup failed; members will catch up by sync");
+            Vec::new()
+        });
+        let mut out = Vec::new();
+        self.metrics.fanout_inline.inc();
+        fanout::plan(&frame, sessions.iter().map(|(u, s)| (*u, s)), None, self.task_cfg.max_push_recipients, &mut out);
+        debug!(conversation_id = %cid, seq, event = %ev.event, "system message stored");
+        self.deliver(out).await;
+        Ok(())
+    }
+
+    /// Hand a task to the task tier (`im.task`, key = conversation id). A task
+    /// that cannot be produced is counted and logged: the message is stored
+    /// and members catch up by sync.
+    pub async fn produce_task(&self, task_kind: &str, key: &str, id: u64, trace_id: &str, body: impl Message) {
+        let task_id = format!("{task_kind}:{id}");
+        let env = KafkaMessage::task(task_kind, &task_id, trace_id.to_owned(), body);
+        let topic = self.topics.task();
+        let payload: Bytes = env.encode_to_vec().into();
+        let sent = match self.bus.try_send(&topic, key.as_bytes(), None, payload.clone()) {
+            Err(BusError::QueueFull) => self.bus.send(&topic, key.as_bytes(), None, payload).await,
+            other => other,
+        };
+        match sent {
+            Ok(()) => self.metrics.tasks_produced.inc(),
+            Err(e) => {
+                self.metrics.task_produce_failures.inc();
+                error!(topic, task_id, error = %e, "task not produced");
+            }
+        }
+    }
+
+    /// Notify recipients without a live session through the push provider.
+    pub async fn offline_push(&self, src: &PushSource, recipients: Vec<u64>, trace_id: &str) {
+        if recipients.is_empty() || !self.offline_push_enabled() {
+            return;
+        }
+        let task = bus::OfflinePushTask {
+            conversation_id: src.conversation_id.clone(),
+            msg_id: src.msg_id,
+            seq: src.seq,
+            sender_id: src.sender_id,
+            recipients,
+            content_type: src.content_type.clone(),
+            preview: src.preview.clone(),
+            ts: src.ts,
+        };
+        self.produce_task(tasks::OFFLINE_PUSH, &src.conversation_id, src.msg_id, trace_id, task).await;
+    }
+}
+
+/// What an offline notification says about a stored message.
+#[derive(Debug, Clone)]
+pub struct PushSource {
+    pub conversation_id: String,
+    pub msg_id: u64,
+    pub seq: u64,
+    pub sender_id: u64,
+    pub content_type: String,
+    pub preview: String,
+    pub ts: i64,
+}
+
+impl From<&StoredMessage> for PushSource {
+    fn from(m: &StoredMessage) -> Self {
+        Self {
+            conversation_id: m.conversation_id.clone(),
+            msg_id: m.msg_id,
+            seq: m.seq,
+            sender_id: m.sender_id,
+            content_type: m.content_type.clone(),
+            preview: preview(&m.content_type, &m.content),
+            ts: m.created_at,
+        }
+    }
+}
+
+/// Who may read a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Member,
+    NotMember,
+    UnknownGroup,
+}
+
+const MEMBER_CACHE_SECOND_DELETE: Duration = Duration::from_millis(500);
+
+/// The start of a text message for a notification (at most 100 characters).
+pub fn preview(content_type: &str, content: &str) -> String {
+    if content_type != "text" {
+        return String::new();
+    }
+    serde_json::from_str::<serde_json::Value>(content)
+        .ok()
+        .and_then(|v| v.get("text").and_then(|t| t.as_str()).map(|t| t.chars().take(100).collect()))
+        .unwrap_or_default()
 }

@@ -90,6 +90,14 @@ impl RedisSessionStore {
         format!("{}msg_dedup:{sender_id}:{client_msg_id}", self.prefix)
     }
 
+    fn members_key(&self, group_id: u64) -> String {
+        format!("{}group_members:{group_id}", self.prefix)
+    }
+
+    fn claim_key(&self, key: &str) -> String {
+        format!("{}task_done:{key}", self.prefix)
+    }
+
     /// Run an idempotent request; if the connection was lost, run it once more
     /// (the manager is already reconnecting, the retry waits for it).
     async fn idempotent<T: FromRedisValue>(&self, op: &str, req: &impl Request) -> Result<T, SessionStoreError> {
@@ -163,6 +171,18 @@ fn parse_gateway_member(member: &str) -> Option<(u64, u32, u64)> {
 }
 
 /// The conversation id goes last so it may contain anything.
+/// Member ids as packed little-endian u64s: 8 bytes per member, no parsing.
+fn encode_members(members: &[u64]) -> Vec<u8> {
+    members.iter().flat_map(|m| m.to_le_bytes()).collect()
+}
+
+fn decode_members(raw: &[u8]) -> Option<Arc<[u64]>> {
+    if !raw.len().is_multiple_of(8) {
+        return None;
+    }
+    Some(raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunk"))).collect())
+}
+
 fn encode_ack(ack: &AckRecord) -> String {
     format!("{}|{}|{}|{}", ack.msg_id, ack.seq, ack.ts, ack.conversation_id)
 }
@@ -337,6 +357,50 @@ impl SessionStore for RedisSessionStore {
             cmd.arg(key).arg(encode_ack(ack)).arg("PX").arg(ttl_ms);
         }
         self.idempotent("dedup_put", &cmd).await
+    }
+
+    async fn cached_members(&self, group_id: u64) -> Result<Option<Arc<[u64]>>, SessionStoreError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.members_key(group_id));
+        let raw: Option<Vec<u8>> = self.idempotent("cached_members", &cmd).await?;
+        Ok(raw.and_then(|raw| {
+            let ids = decode_members(&raw);
+            if ids.is_none() {
+                warn!(group_id, "ignoring a malformed group_members value");
+            }
+            ids
+        }))
+    }
+
+    async fn cache_members(&self, group_id: u64, members: &[u64], ttl: Duration) -> Result<(), SessionStoreError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.members_key(group_id)).arg(encode_members(members)).arg("PX").arg(ttl_ms);
+        self.idempotent("cache_members", &cmd).await
+    }
+
+    async fn invalidate_members(&self, group_id: u64) -> Result<(), SessionStoreError> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(self.members_key(group_id));
+        self.idempotent("invalidate_members", &cmd).await
+    }
+
+    async fn claim(&self, key: &str, ttl: Duration) -> Result<bool, SessionStoreError> {
+        // A unique token makes the retry after a lost connection safe: if the
+        // first SET NX did land, the key holds our token and the claim is ours.
+        let token = format!("{:x}", rand::random::<u128>());
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.claim_key(key)).arg(&token).arg("NX").arg("PX").arg(ttl_ms).arg("GET");
+        let previous: Option<String> = self.idempotent("claim", &cmd).await?;
+        Ok(previous.is_none() || previous.as_deref() == Some(token.as_str()))
+    }
+
+    async fn is_claimed(&self, key: &str) -> Result<bool, SessionStoreError> {
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(self.claim_key(key));
+        let n: u64 = self.idempotent("is_claimed", &cmd).await?;
+        Ok(n > 0)
     }
 }
 

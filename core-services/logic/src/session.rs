@@ -60,6 +60,20 @@ pub trait SessionStore: Send + Sync + 'static {
         ack: &AckRecord,
         ttl: Duration,
     ) -> Result<(), SessionStoreError>;
+
+    /// A group's member ids (ascending) from the cache (`group_members:{gid}`),
+    /// None on a miss. Cache-aside: the database is the truth.
+    async fn cached_members(&self, group_id: u64) -> Result<Option<Arc<[u64]>>, SessionStoreError>;
+    async fn cache_members(&self, group_id: u64, members: &[u64], ttl: Duration) -> Result<(), SessionStoreError>;
+    /// Forget a group's cached members (after the database changed).
+    async fn invalidate_members(&self, group_id: u64) -> Result<(), SessionStoreError>;
+
+    /// Mark a step of a task as done (`task_done:{key}`); true the first time
+    /// within `ttl`. Makes task retries idempotent: a step claimed by an
+    /// earlier attempt is skipped.
+    async fn claim(&self, key: &str, ttl: Duration) -> Result<bool, SessionStoreError>;
+    /// Whether `key` is claimed (for steps marked done only after they succeed).
+    async fn is_claimed(&self, key: &str) -> Result<bool, SessionStoreError>;
 }
 
 /// In-process store for `gochat dev`. Bounded: the dedup cache keeps at most
@@ -69,7 +83,15 @@ pub struct MemorySessionStore {
     sessions: Mutex<HashMap<u64, Vec<Session>>>,
     seqs: Mutex<HashMap<String, u64>>,
     dedup: Mutex<DedupCache>,
+    members: Mutex<HashMap<u64, CachedMembers>>,
+    claims: Mutex<HashMap<String, Instant>>,
 }
+
+/// A cached member list and when it expires.
+type CachedMembers = (Arc<[u64]>, Instant);
+
+/// Entries (claims, cached member lists) kept before expired ones are swept.
+const SWEEP_EXPIRED_AT: usize = 1 << 16;
 
 struct DedupCache {
     map: HashMap<(u64, String), (AckRecord, Instant)>,
@@ -87,6 +109,8 @@ impl MemorySessionStore {
                 order: VecDeque::new(),
                 capacity: dedup_capacity.max(1),
             }),
+            members: Mutex::new(HashMap::new()),
+            claims: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -184,6 +208,46 @@ impl SessionStore for MemorySessionStore {
             }
         }
         Ok(())
+    }
+
+    async fn cached_members(&self, group_id: u64) -> Result<Option<Arc<[u64]>>, SessionStoreError> {
+        let map = self.members.lock().expect("members lock");
+        Ok(map.get(&group_id).filter(|(_, exp)| *exp > Instant::now()).map(|(m, _)| m.clone()))
+    }
+
+    async fn cache_members(&self, group_id: u64, members: &[u64], ttl: Duration) -> Result<(), SessionStoreError> {
+        let mut map = self.members.lock().expect("members lock");
+        let now = Instant::now();
+        if map.len() >= SWEEP_EXPIRED_AT {
+            map.retain(|_, (_, exp)| *exp > now);
+        }
+        map.insert(group_id, (members.into(), now + ttl));
+        Ok(())
+    }
+
+    async fn invalidate_members(&self, group_id: u64) -> Result<(), SessionStoreError> {
+        self.members.lock().expect("members lock").remove(&group_id);
+        Ok(())
+    }
+
+    async fn claim(&self, key: &str, ttl: Duration) -> Result<bool, SessionStoreError> {
+        let mut claims = self.claims.lock().expect("claims lock");
+        let now = Instant::now();
+        if claims.len() >= SWEEP_EXPIRED_AT {
+            claims.retain(|_, exp| *exp > now);
+        }
+        match claims.get(key) {
+            Some(exp) if *exp > now => Ok(false),
+            _ => {
+                claims.insert(key.to_owned(), now + ttl);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn is_claimed(&self, key: &str) -> Result<bool, SessionStoreError> {
+        let claims = self.claims.lock().expect("claims lock");
+        Ok(claims.get(key).is_some_and(|exp| *exp > Instant::now()))
     }
 }
 
@@ -287,6 +351,34 @@ pub(crate) mod conformance {
         assert_eq!(st.sessions(&[2, 5]).await.unwrap(), vec![(5, s("gw0", 1, 1_000))]);
     }
 
+    pub(crate) async fn member_cache_is_cache_aside(st: &dyn SessionStore) {
+        let ttl = Duration::from_secs(60);
+        assert_eq!(st.cached_members(7).await.unwrap(), None);
+        let big: Vec<u64> = (0..10_000u64).map(|i| i * 3 + (1 << 63)).collect();
+        st.cache_members(7, &big, ttl).await.unwrap();
+        st.cache_members(8, &[], ttl).await.unwrap(); // an empty list is a hit, not a miss
+        assert_eq!(st.cached_members(7).await.unwrap().as_deref(), Some(&big[..]));
+        assert_eq!(st.cached_members(8).await.unwrap().as_deref(), Some(&[][..]));
+        st.invalidate_members(7).await.unwrap();
+        st.invalidate_members(7).await.unwrap(); // idempotent
+        assert_eq!(st.cached_members(7).await.unwrap(), None);
+        st.cache_members(9, &[1, 2], Duration::from_millis(200)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(st.cached_members(9).await.unwrap(), None);
+    }
+
+    pub(crate) async fn claims_are_first_come_with_expiry(st: &dyn SessionStore) {
+        assert!(!st.is_claimed("t1:gw0/0").await.unwrap());
+        assert!(st.claim("t1:gw0/0", Duration::from_secs(60)).await.unwrap());
+        assert!(st.is_claimed("t1:gw0/0").await.unwrap());
+        assert!(!st.claim("t1:gw0/0", Duration::from_secs(60)).await.unwrap());
+        assert!(st.claim("t1:gw0/1", Duration::from_secs(60)).await.unwrap());
+        assert!(st.claim("short", Duration::from_millis(200)).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(st.claim("short", Duration::from_secs(60)).await.unwrap());
+        assert!(!st.claim("t1:gw0/0", Duration::from_secs(60)).await.unwrap());
+    }
+
     /// Instantiates every check above as a `#[tokio::test]` for one store:
     /// `conformance_tests!(expression making a fresh store, async fn cleaning it up)`.
     macro_rules! conformance_tests {
@@ -295,7 +387,9 @@ pub(crate) mod conformance {
                 sessions_add_remove_and_lookup,
                 seq_counter_needs_init_and_reserves_ranges,
                 dedup_put_get_expiry_per_sender,
-                purge_gateway_removes_only_that_gateway);
+                purge_gateway_removes_only_that_gateway,
+                member_cache_is_cache_aside,
+                claims_are_first_come_with_expiry);
         };
         (@each $make:expr, $cleanup:path; $($name:ident),+) => {
             $(

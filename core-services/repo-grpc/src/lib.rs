@@ -7,12 +7,12 @@
 //! batch's transaction committed on the far side.
 //!
 //! Errors cross the wire as gRPC statuses with a google.rpc-compatible
-//! `ErrorInfo` detail (see proto/gochat_repo.proto): `UsernameTaken` and
-//! `Conflict` come back as themselves, everything else (database,
-//! transport, deadline) as [`RepoError::Rpc`].
+//! `ErrorInfo` detail (see proto/gochat_repo.proto): `UsernameTaken`,
+//! `Conflict` and `GroupNotFound` come back as themselves, everything else
+//! (database, transport, deadline) as [`RepoError::Rpc`].
 
 use async_trait::async_trait;
-use gochat_repo::{RepoError, Store, StoredMessage, User};
+use gochat_repo::{Group, GroupMember, GroupRole, RepoError, Store, StoredMessage, User};
 use prost::Message as _;
 use std::future::Future;
 use std::sync::Arc;
@@ -30,7 +30,8 @@ pub mod pb {
 use pb::repo_server::{Repo, RepoServer};
 
 /// Largest request or response either side accepts or sends (large
-/// `insert_messages` batches and `messages_after` pages).
+/// `insert_messages` batches and `messages_after` pages; a 20,000-member
+/// group list is well under 1 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// How long the client waits for a TCP connection to the repo.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -42,6 +43,7 @@ const ERROR_DOMAIN: &str = "gochat.repo.v1";
 const ERROR_INFO_TYPE_URL: &str = "type.googleapis.com/google.rpc.ErrorInfo";
 const REASON_USERNAME_TAKEN: &str = "USERNAME_TAKEN";
 const REASON_CONFLICT: &str = "CONFLICT";
+const REASON_GROUP_NOT_FOUND: &str = "GROUP_NOT_FOUND";
 const REASON_DATABASE: &str = "DATABASE";
 const REASON_MIGRATE: &str = "MIGRATE";
 const REASON_RPC: &str = "RPC";
@@ -179,6 +181,96 @@ impl Repo for RepoService {
         self.store.ping().await.map_err(|e| to_status("ping", e))?;
         Ok(Response::new(pb::PingResponse {}))
     }
+
+    async fn create_group(
+        &self,
+        req: Request<pb::CreateGroupRequest>,
+    ) -> Result<Response<pb::CreateGroupResponse>, Status> {
+        let r = req.into_inner();
+        let group = group_from_pb(required(r.group, "group")?);
+        let members = members_from_pb(r.members).map_err(Status::invalid_argument)?;
+        self.store.create_group(&group, &members).await.map_err(|e| to_status("create_group", e))?;
+        Ok(Response::new(pb::CreateGroupResponse {}))
+    }
+
+    async fn group_by_id(&self, req: Request<pb::GroupByIdRequest>) -> Result<Response<pb::GroupResponse>, Status> {
+        let group = self.store.group_by_id(req.into_inner().group_id).await.map_err(|e| to_status("group_by_id", e))?;
+        Ok(Response::new(pb::GroupResponse { group: group.map(group_to_pb) }))
+    }
+
+    async fn groups_of_user(
+        &self,
+        req: Request<pb::GroupsOfUserRequest>,
+    ) -> Result<Response<pb::GroupsResponse>, Status> {
+        let groups =
+            self.store.groups_of_user(req.into_inner().user_id).await.map_err(|e| to_status("groups_of_user", e))?;
+        Ok(Response::new(pb::GroupsResponse { groups: groups.into_iter().map(group_to_pb).collect() }))
+    }
+
+    async fn group_members(
+        &self,
+        req: Request<pb::GroupMembersRequest>,
+    ) -> Result<Response<pb::GroupMembersResponse>, Status> {
+        let members =
+            self.store.group_members(req.into_inner().group_id).await.map_err(|e| to_status("group_members", e))?;
+        Ok(Response::new(pb::GroupMembersResponse { members: members.into_iter().map(member_to_pb).collect() }))
+    }
+
+    async fn group_member(
+        &self,
+        req: Request<pb::GroupMemberRequest>,
+    ) -> Result<Response<pb::GroupMemberResponse>, Status> {
+        let r = req.into_inner();
+        let member = self.store.group_member(r.group_id, r.user_id).await.map_err(|e| to_status("group_member", e))?;
+        Ok(Response::new(pb::GroupMemberResponse { member: member.map(member_to_pb) }))
+    }
+
+    async fn add_group_members(
+        &self,
+        req: Request<pb::AddGroupMembersRequest>,
+    ) -> Result<Response<pb::AddGroupMembersResponse>, Status> {
+        let r = req.into_inner();
+        let members = members_from_pb(r.members).map_err(Status::invalid_argument)?;
+        let added_user_ids =
+            self.store.add_group_members(r.group_id, &members).await.map_err(|e| to_status("add_group_members", e))?;
+        Ok(Response::new(pb::AddGroupMembersResponse { added_user_ids }))
+    }
+
+    async fn remove_group_member(
+        &self,
+        req: Request<pb::RemoveGroupMemberRequest>,
+    ) -> Result<Response<pb::RemoveGroupMemberResponse>, Status> {
+        let r = req.into_inner();
+        let removed = self
+            .store
+            .remove_group_member(r.group_id, r.user_id)
+            .await
+            .map_err(|e| to_status("remove_group_member", e))?;
+        Ok(Response::new(pb::RemoveGroupMemberResponse { removed }))
+    }
+
+    async fn set_group_member_role(
+        &self,
+        req: Request<pb::SetGroupMemberRoleRequest>,
+    ) -> Result<Response<pb::SetGroupMemberRoleResponse>, Status> {
+        let r = req.into_inner();
+        let role = role_from_pb(r.role).map_err(Status::invalid_argument)?;
+        let updated = self
+            .store
+            .set_group_member_role(r.group_id, r.user_id, role)
+            .await
+            .map_err(|e| to_status("set_group_member_role", e))?;
+        Ok(Response::new(pb::SetGroupMemberRoleResponse { updated }))
+    }
+
+    async fn delete_group(
+        &self,
+        req: Request<pb::DeleteGroupRequest>,
+    ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
+        let deleted =
+            self.store.delete_group(req.into_inner().group_id).await.map_err(|e| to_status("delete_group", e))?;
+        Ok(Response::new(pb::DeleteGroupResponse { deleted }))
+    }
 }
 
 /// A store error as the status the client maps back (see the proto).
@@ -186,12 +278,13 @@ fn to_status(rpc: &'static str, e: RepoError) -> Status {
     let (code, reason) = match &e {
         RepoError::UsernameTaken => (Code::AlreadyExists, REASON_USERNAME_TAKEN),
         RepoError::Conflict => (Code::Aborted, REASON_CONFLICT),
+        RepoError::GroupNotFound => (Code::NotFound, REASON_GROUP_NOT_FOUND),
         RepoError::Database(db) => (database_code(db), REASON_DATABASE),
         RepoError::Migrate(_) => (Code::Internal, REASON_MIGRATE),
         RepoError::Rpc(_) => (Code::Unavailable, REASON_RPC),
     };
     match code {
-        Code::AlreadyExists | Code::Aborted => tracing::debug!(rpc, error = %e, "repo call refused"),
+        Code::AlreadyExists | Code::Aborted | Code::NotFound => tracing::debug!(rpc, error = %e, "repo call refused"),
         _ => tracing::warn!(rpc, code = ?code, error = %e, "repo call failed"),
     }
     let message = e.to_string();
@@ -326,6 +419,59 @@ impl Store for RepoClient {
         self.client().ping(pb::PingRequest {}).await.map_err(from_status)?;
         Ok(())
     }
+
+    async fn create_group(&self, group: &Group, members: &[GroupMember]) -> Result<(), RepoError> {
+        let req = pb::CreateGroupRequest {
+            group: Some(group_to_pb(group.clone())),
+            members: members.iter().cloned().map(member_to_pb).collect(),
+        };
+        self.client().create_group(req).await.map_err(from_status)?;
+        Ok(())
+    }
+
+    async fn group_by_id(&self, group_id: u64) -> Result<Option<Group>, RepoError> {
+        let resp = self.client().group_by_id(pb::GroupByIdRequest { group_id }).await.map_err(from_status)?;
+        Ok(resp.into_inner().group.map(group_from_pb))
+    }
+
+    async fn groups_of_user(&self, user_id: u64) -> Result<Vec<Group>, RepoError> {
+        let resp = self.client().groups_of_user(pb::GroupsOfUserRequest { user_id }).await.map_err(from_status)?;
+        Ok(resp.into_inner().groups.into_iter().map(group_from_pb).collect())
+    }
+
+    async fn group_members(&self, group_id: u64) -> Result<Vec<GroupMember>, RepoError> {
+        let resp = self.client().group_members(pb::GroupMembersRequest { group_id }).await.map_err(from_status)?;
+        members_from_pb(resp.into_inner().members).map_err(bad_response)
+    }
+
+    async fn group_member(&self, group_id: u64, user_id: u64) -> Result<Option<GroupMember>, RepoError> {
+        let req = pb::GroupMemberRequest { group_id, user_id };
+        let resp = self.client().group_member(req).await.map_err(from_status)?;
+        resp.into_inner().member.map(member_from_pb).transpose().map_err(bad_response)
+    }
+
+    async fn add_group_members(&self, group_id: u64, members: &[GroupMember]) -> Result<Vec<u64>, RepoError> {
+        let req = pb::AddGroupMembersRequest { group_id, members: members.iter().cloned().map(member_to_pb).collect() };
+        let resp = self.client().add_group_members(req).await.map_err(from_status)?;
+        Ok(resp.into_inner().added_user_ids)
+    }
+
+    async fn remove_group_member(&self, group_id: u64, user_id: u64) -> Result<bool, RepoError> {
+        let req = pb::RemoveGroupMemberRequest { group_id, user_id };
+        let resp = self.client().remove_group_member(req).await.map_err(from_status)?;
+        Ok(resp.into_inner().removed)
+    }
+
+    async fn set_group_member_role(&self, group_id: u64, user_id: u64, role: GroupRole) -> Result<bool, RepoError> {
+        let req = pb::SetGroupMemberRoleRequest { group_id, user_id, role: role_to_pb(role) as i32 };
+        let resp = self.client().set_group_member_role(req).await.map_err(from_status)?;
+        Ok(resp.into_inner().updated)
+    }
+
+    async fn delete_group(&self, group_id: u64) -> Result<bool, RepoError> {
+        let resp = self.client().delete_group(pb::DeleteGroupRequest { group_id }).await.map_err(from_status)?;
+        Ok(resp.into_inner().deleted)
+    }
 }
 
 /// The `ErrorInfo.reason` of a status raised by this service, if any.
@@ -342,6 +488,7 @@ fn from_status(status: Status) -> RepoError {
     match (status.code(), error_reason(&status).as_deref()) {
         (Code::AlreadyExists, Some(REASON_USERNAME_TAKEN)) => RepoError::UsernameTaken,
         (Code::Aborted, Some(REASON_CONFLICT)) => RepoError::Conflict,
+        (Code::NotFound, Some(REASON_GROUP_NOT_FOUND)) => RepoError::GroupNotFound,
         (code, _) => {
             let name = format!("{code:?}").to_lowercase();
             let msg = format!("{name}: {}", status.message());
@@ -401,6 +548,49 @@ fn message_from_pb(m: pb::StoredMessage) -> StoredMessage {
     }
 }
 
+/// A response the client cannot make sense of (e.g. a role it does not know).
+fn bad_response(e: String) -> RepoError {
+    RepoError::Rpc(format!("invalid repo response: {e}"))
+}
+
+fn group_to_pb(g: Group) -> pb::Group {
+    pb::Group { id: g.id, name: g.name, owner_id: g.owner_id, created_at: g.created_at }
+}
+
+fn group_from_pb(g: pb::Group) -> Group {
+    Group { id: g.id, name: g.name, owner_id: g.owner_id, created_at: g.created_at }
+}
+
+fn role_to_pb(r: GroupRole) -> pb::GroupRole {
+    match r {
+        GroupRole::Owner => pb::GroupRole::Owner,
+        GroupRole::Admin => pb::GroupRole::Admin,
+        GroupRole::Member => pb::GroupRole::Member,
+    }
+}
+
+/// A wire role; unspecified or unknown values are an error.
+fn role_from_pb(r: i32) -> Result<GroupRole, String> {
+    match pb::GroupRole::try_from(r) {
+        Ok(pb::GroupRole::Owner) => Ok(GroupRole::Owner),
+        Ok(pb::GroupRole::Admin) => Ok(GroupRole::Admin),
+        Ok(pb::GroupRole::Member) => Ok(GroupRole::Member),
+        Ok(pb::GroupRole::Unspecified) | Err(_) => Err(format!("invalid group role {r}")),
+    }
+}
+
+fn member_to_pb(m: GroupMember) -> pb::GroupMember {
+    pb::GroupMember { user_id: m.user_id, role: role_to_pb(m.role) as i32, joined_at: m.joined_at }
+}
+
+fn member_from_pb(m: pb::GroupMember) -> Result<GroupMember, String> {
+    Ok(GroupMember { user_id: m.user_id, role: role_from_pb(m.role)?, joined_at: m.joined_at })
+}
+
+fn members_from_pb(members: Vec<pb::GroupMember>) -> Result<Vec<GroupMember>, String> {
+    members.into_iter().map(member_from_pb).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,6 +610,10 @@ mod tests {
         assert_eq!(code, Code::Aborted);
         assert!(matches!(e, RepoError::Conflict), "{e:?}");
 
+        let (code, e) = round_trip(RepoError::GroupNotFound);
+        assert_eq!(code, Code::NotFound);
+        assert!(matches!(e, RepoError::GroupNotFound), "{e:?}");
+
         let (code, e) = round_trip(RepoError::Database(sqlx::Error::PoolTimedOut));
         assert_eq!(code, Code::Unavailable);
         assert!(matches!(&e, RepoError::Rpc(m) if m.contains("pool timed out")), "{e:?}");
@@ -438,6 +632,7 @@ mod tests {
         // A proxy's ALREADY_EXISTS / ABORTED is not a store verdict.
         assert!(matches!(from_status(Status::already_exists("x")), RepoError::Rpc(_)));
         assert!(matches!(from_status(Status::aborted("x")), RepoError::Rpc(_)));
+        assert!(matches!(from_status(Status::not_found("x")), RepoError::Rpc(_)));
         assert!(matches!(from_status(Status::unavailable("tcp connect error")), RepoError::Rpc(_)));
         // Garbage details do not panic.
         let s = Status::with_details(Code::AlreadyExists, "x", vec![0xff, 0xff, 0xff].into());
@@ -466,6 +661,14 @@ mod tests {
             created_at: i64::MIN,
         };
         assert_eq!(message_from_pb(message_to_pb(m.clone())), m);
+        let g = Group { id: u64::MAX, name: "g 😀".into(), owner_id: 1 << 63, created_at: i64::MIN };
+        assert_eq!(group_from_pb(group_to_pb(g.clone())), g);
+        for role in [GroupRole::Owner, GroupRole::Admin, GroupRole::Member] {
+            let m = GroupMember { user_id: u64::MAX, role, joined_at: -1 };
+            assert_eq!(member_from_pb(member_to_pb(m.clone())), Ok(m));
+        }
+        assert!(role_from_pb(pb::GroupRole::Unspecified as i32).is_err());
+        assert!(role_from_pb(42).is_err());
     }
 
     #[tokio::test]

@@ -1,9 +1,9 @@
 //! The service and client beyond the Store contract: health, outages,
 //! message-size limits. All on in-memory SQLite behind `serve`.
 
-use gochat_repo::conformance::msg;
+use gochat_repo::conformance::{group, member, msg};
 use gochat_repo::sqlite::SqliteStore;
-use gochat_repo::{RepoError, Store};
+use gochat_repo::{GroupRole, RepoError, Store};
 use gochat_repo_grpc::{serve, RepoClient};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -152,4 +152,19 @@ async fn batch_of_3_mib_round_trips() {
 #[tokio::test]
 async fn batch_of_6_mib_round_trips() {
     batch_round_trips(6 << 20).await;
+}
+
+/// A 20,000-member group (the largest group logic allows) both ways: ids
+/// near u64::MAX make every member ~25 bytes on the wire, ~0.5 MiB in all.
+#[tokio::test]
+async fn group_of_20000_members_round_trips() {
+    let server = start_on_any_port(memory_store().await).await;
+    let client = RepoClient::connect(&format!("http://{}", server.addr)).expect("client");
+    let mut members: Vec<_> = (0..20_000u64).map(|i| member(u64::MAX - 20_000 + i, GroupRole::Member)).collect();
+    members[0].role = GroupRole::Owner;
+    client.create_group(&group(u64::MAX, "twenty thousand", members[0].user_id), &members[..10_000]).await.unwrap();
+    let added = client.add_group_members(u64::MAX, &members).await.expect("add 10,000 more");
+    assert_eq!(added, members[10_000..].iter().map(|m| m.user_id).collect::<Vec<_>>());
+    assert_eq!(client.group_members(u64::MAX).await.expect("list 20,000"), members);
+    server.stop().await;
 }

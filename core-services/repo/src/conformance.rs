@@ -3,7 +3,7 @@
 //! async `run(case)` that builds a fresh, empty, migrated store, runs the
 //! case on it and cleans up.
 
-use crate::{RepoError, Store, StoredMessage, User};
+use crate::{Group, GroupMember, GroupRole, RepoError, Store, StoredMessage, User};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,6 +32,14 @@ macro_rules! store_conformance {
             ids_above_2_pow_63_round_trip,
             utf8mb4_content_round_trips,
             batch_of_500_is_atomic,
+            group_create_and_lookups,
+            groups_of_user_ascending_and_after_removal,
+            add_group_members_returns_only_new_ids,
+            add_to_unknown_group_is_group_not_found,
+            remove_and_set_role_report_membership,
+            delete_group_drops_memberships_keeps_messages,
+            group_of_5000_members,
+            group_ids_above_2_pow_63_round_trip,
         );
     };
     (@cases $run:path; $($case:ident),* $(,)?) => {
@@ -67,6 +75,22 @@ pub fn msg(id: u64, cid: &str, seq: u64, sender: u64, cmid: &str) -> StoredMessa
         content: format!(r#"{{"text":"message {seq}"}}"#),
         created_at: 1_700_000_000_000 + seq as i64,
     }
+}
+
+pub fn group(id: u64, name: &str, owner_id: u64) -> Group {
+    Group { id, name: name.into(), owner_id, created_at: 1_700_000_000_000 + id as i64 % 1000 }
+}
+
+pub fn member(user_id: u64, role: GroupRole) -> GroupMember {
+    GroupMember { user_id, role, joined_at: 1_700_000_000_000 + user_id as i64 % 1000 }
+}
+
+fn ids(members: &[GroupMember]) -> Vec<u64> {
+    members.iter().map(|m| m.user_id).collect()
+}
+
+fn group_ids(groups: &[Group]) -> Vec<u64> {
+    groups.iter().map(|g| g.id).collect()
 }
 
 fn sorted(mut v: Vec<StoredMessage>) -> Vec<StoredMessage> {
@@ -257,4 +281,201 @@ pub async fn batch_of_500_is_atomic(s: &dyn Store) {
     assert_eq!(s.max_seq("s_1_2").await.unwrap(), 500);
     let keys: Vec<_> = bad.iter().map(|m| (m.sender_id, m.client_msg_id.clone())).collect();
     assert!(s.messages_by_client_ids(&keys[..499]).await.unwrap().is_empty());
+}
+
+pub async fn group_create_and_lookups(s: &dyn Store) {
+    // A 64-character utf8mb4 name (4-byte characters included).
+    let g = group(100, &format!("Rust 🦀 中文 {}", "😀".repeat(54)), 3);
+    assert_eq!(g.name.chars().count(), 64);
+    // Given out of order; listed by user id.
+    let members = vec![member(9, GroupRole::Member), member(3, GroupRole::Owner), member(5, GroupRole::Admin)];
+    s.create_group(&g, &members).await.unwrap();
+    assert_eq!(s.group_by_id(100).await.unwrap(), Some(g.clone()));
+    assert_eq!(s.group_by_id(101).await.unwrap(), None);
+    assert_eq!(s.group_members(100).await.unwrap(), vec![members[1].clone(), members[2].clone(), members[0].clone()]);
+    assert_eq!(s.group_member(100, 5).await.unwrap(), Some(member(5, GroupRole::Admin)));
+    assert_eq!(s.group_member(100, 3).await.unwrap().unwrap().role, GroupRole::Owner);
+    assert_eq!(s.group_member(100, 4).await.unwrap(), None);
+    assert_eq!(s.group_member(101, 3).await.unwrap(), None);
+    assert!(s.group_members(101).await.unwrap().is_empty());
+    // A group with only its owner.
+    let solo = group(7, "solo", 9);
+    s.create_group(&solo, &[member(9, GroupRole::Owner)]).await.unwrap();
+    assert_eq!(ids(&s.group_members(7).await.unwrap()), vec![9]);
+    assert_eq!(s.groups_of_user(9).await.unwrap(), vec![solo, g]);
+}
+
+pub async fn groups_of_user_ascending_and_after_removal(s: &dyn Store) {
+    for gid in [30, 10, 20] {
+        s.create_group(
+            &group(gid, &format!("g{gid}"), 1),
+            &[member(1, GroupRole::Owner), member(2, GroupRole::Member)],
+        )
+        .await
+        .unwrap();
+    }
+    s.create_group(&group(40, "other", 3), &[member(3, GroupRole::Owner)]).await.unwrap();
+    assert_eq!(group_ids(&s.groups_of_user(1).await.unwrap()), vec![10, 20, 30]);
+    assert_eq!(s.groups_of_user(2).await.unwrap()[0], group(10, "g10", 1));
+    assert!(s.groups_of_user(99).await.unwrap().is_empty());
+    assert!(s.remove_group_member(20, 2).await.unwrap());
+    assert_eq!(group_ids(&s.groups_of_user(2).await.unwrap()), vec![10, 30]);
+    assert_eq!(group_ids(&s.groups_of_user(1).await.unwrap()), vec![10, 20, 30]);
+    assert_eq!(ids(&s.group_members(20).await.unwrap()), vec![1]);
+    assert_eq!(s.add_group_members(20, &[member(2, GroupRole::Member)]).await.unwrap(), vec![2]);
+    assert_eq!(group_ids(&s.groups_of_user(2).await.unwrap()), vec![10, 20, 30]);
+}
+
+pub async fn add_group_members_returns_only_new_ids(s: &dyn Store) {
+    s.create_group(&group(1, "g", 10), &[member(10, GroupRole::Owner), member(20, GroupRole::Admin)]).await.unwrap();
+    // 20 is already an admin and 10 the owner: they stay as they are. 40
+    // twice in one call is added once, with the first entry's role.
+    let add = [
+        member(50, GroupRole::Member),
+        member(20, GroupRole::Member),
+        member(40, GroupRole::Admin),
+        member(10, GroupRole::Member),
+        member(30, GroupRole::Member),
+        member(40, GroupRole::Member),
+    ];
+    assert_eq!(s.add_group_members(1, &add).await.unwrap(), vec![30, 40, 50]);
+    let all = s.group_members(1).await.unwrap();
+    assert_eq!(ids(&all), vec![10, 20, 30, 40, 50]);
+    assert_eq!(all[0], member(10, GroupRole::Owner));
+    assert_eq!(all[1], member(20, GroupRole::Admin));
+    assert_eq!(all[3].role, GroupRole::Admin);
+    // Nothing new, nothing to add.
+    assert!(s.add_group_members(1, &add).await.unwrap().is_empty());
+    assert!(s.add_group_members(1, &[]).await.unwrap().is_empty());
+    assert_eq!(ids(&s.group_members(1).await.unwrap()), vec![10, 20, 30, 40, 50]);
+    // More rows than one INSERT carries, around the existing ones.
+    let many: Vec<_> = (1..=2500).map(|u| member(u, GroupRole::Member)).collect();
+    let added = s.add_group_members(1, &many).await.unwrap();
+    assert_eq!(added.len(), 2495);
+    assert_eq!(added, (1..=2500).filter(|u| ![10, 20, 30, 40, 50].contains(u)).collect::<Vec<_>>());
+    assert_eq!(s.group_members(1).await.unwrap().len(), 2500);
+    assert_eq!(s.group_member(1, 10).await.unwrap(), Some(member(10, GroupRole::Owner)));
+}
+
+pub async fn add_to_unknown_group_is_group_not_found(s: &dyn Store) {
+    let r = s.add_group_members(5, &[member(1, GroupRole::Member)]).await;
+    assert!(matches!(r, Err(RepoError::GroupNotFound)), "{r:?}");
+    let r = s.add_group_members(5, &[]).await;
+    assert!(matches!(r, Err(RepoError::GroupNotFound)), "{r:?}");
+    assert!(s.group_members(5).await.unwrap().is_empty());
+    assert!(s.groups_of_user(1).await.unwrap().is_empty());
+    // A group that exists elsewhere does not make this one exist.
+    s.create_group(&group(6, "six", 1), &[member(1, GroupRole::Owner)]).await.unwrap();
+    let r = s.add_group_members(5, &[member(2, GroupRole::Member)]).await;
+    assert!(matches!(r, Err(RepoError::GroupNotFound)), "{r:?}");
+    assert_eq!(ids(&s.group_members(6).await.unwrap()), vec![1]);
+}
+
+pub async fn remove_and_set_role_report_membership(s: &dyn Store) {
+    s.create_group(&group(1, "g", 1), &[member(1, GroupRole::Owner), member(2, GroupRole::Member)]).await.unwrap();
+    s.create_group(&group(2, "h", 1), &[member(1, GroupRole::Owner), member(2, GroupRole::Member)]).await.unwrap();
+    assert!(s.set_group_member_role(1, 2, GroupRole::Admin).await.unwrap());
+    assert_eq!(s.group_member(1, 2).await.unwrap().unwrap().role, GroupRole::Admin);
+    // The same role again is still "is a member".
+    assert!(s.set_group_member_role(1, 2, GroupRole::Admin).await.unwrap());
+    // Only that group's membership changed.
+    assert_eq!(s.group_member(2, 2).await.unwrap().unwrap().role, GroupRole::Member);
+    assert!(!s.set_group_member_role(1, 3, GroupRole::Admin).await.unwrap());
+    assert!(!s.set_group_member_role(9, 2, GroupRole::Admin).await.unwrap());
+    assert_eq!(s.group_member(1, 3).await.unwrap(), None);
+
+    assert!(s.remove_group_member(1, 2).await.unwrap());
+    assert!(!s.remove_group_member(1, 2).await.unwrap());
+    assert!(!s.remove_group_member(9, 1).await.unwrap());
+    assert_eq!(s.group_member(1, 2).await.unwrap(), None);
+    assert!(!s.set_group_member_role(1, 2, GroupRole::Member).await.unwrap());
+    assert_eq!(ids(&s.group_members(1).await.unwrap()), vec![1]);
+    assert_eq!(ids(&s.group_members(2).await.unwrap()), vec![1, 2]);
+    // The group itself stays, even when its last member leaves.
+    assert!(s.remove_group_member(1, 1).await.unwrap());
+    assert!(s.group_members(1).await.unwrap().is_empty());
+    assert!(s.group_by_id(1).await.unwrap().is_some());
+}
+
+pub async fn delete_group_drops_memberships_keeps_messages(s: &dyn Store) {
+    let members = [member(1, GroupRole::Owner), member(2, GroupRole::Member), member(3, GroupRole::Admin)];
+    s.create_group(&group(77, "doomed", 1), &members).await.unwrap();
+    s.create_group(&group(78, "kept", 1), &members).await.unwrap();
+    let history = vec![msg(500, "g_77", 1, 1, "g1"), msg(501, "g_77", 2, 2, "g2")];
+    s.insert_messages(&history).await.unwrap();
+
+    assert!(s.delete_group(77).await.unwrap());
+    assert_eq!(s.group_by_id(77).await.unwrap(), None);
+    assert!(s.group_members(77).await.unwrap().is_empty());
+    assert_eq!(s.group_member(77, 2).await.unwrap(), None);
+    for u in [1, 2, 3] {
+        assert_eq!(group_ids(&s.groups_of_user(u).await.unwrap()), vec![78]);
+    }
+    assert_eq!(s.messages_after("g_77", 0, 10).await.unwrap(), history);
+    assert_eq!(s.max_seq("g_77").await.unwrap(), 2);
+    // Gone for good: deleting again or adding to it.
+    assert!(!s.delete_group(77).await.unwrap());
+    let r = s.add_group_members(77, &[member(4, GroupRole::Member)]).await;
+    assert!(matches!(r, Err(RepoError::GroupNotFound)), "{r:?}");
+    assert!(!s.delete_group(12345).await.unwrap());
+    // The other group is untouched.
+    assert_eq!(ids(&s.group_members(78).await.unwrap()), vec![1, 2, 3]);
+    // The id may be created anew, empty of the old members.
+    s.create_group(&group(77, "reborn", 2), &[member(2, GroupRole::Owner)]).await.unwrap();
+    assert_eq!(s.group_members(77).await.unwrap(), vec![member(2, GroupRole::Owner)]);
+}
+
+pub async fn group_of_5000_members(s: &dyn Store) {
+    let mut members: Vec<_> = (1..=5000u64).map(|u| member(u * 7, GroupRole::Member)).collect();
+    members[0].role = GroupRole::Owner;
+    members[1].role = GroupRole::Admin;
+    // Given in descending order; listed ascending.
+    let given: Vec<_> = members.iter().rev().cloned().collect();
+    s.create_group(&group(1, "big", 7), &given).await.unwrap();
+    assert_eq!(s.group_members(1).await.unwrap(), members);
+    assert_eq!(s.group_member(1, 7 * 5000).await.unwrap(), Some(members[4999].clone()));
+    assert_eq!(group_ids(&s.groups_of_user(7 * 2500).await.unwrap()), vec![1]);
+    // create_group is atomic: a repeated member refuses the whole group.
+    let mut bad: Vec<_> = (1..=3000u64).map(|u| member(u, GroupRole::Member)).collect();
+    bad.push(member(1500, GroupRole::Admin));
+    assert!(s.create_group(&group(2, "bad", 1), &bad).await.is_err());
+    assert_eq!(s.group_by_id(2).await.unwrap(), None);
+    assert!(s.group_members(2).await.unwrap().is_empty());
+    assert_eq!(group_ids(&s.groups_of_user(1).await.unwrap()), Vec::<u64>::new());
+}
+
+pub async fn group_ids_above_2_pow_63_round_trip(s: &dyn Store) {
+    let (gid, low_gid) = (u64::MAX - 3, 5u64);
+    let (owner, big, max) = ((1u64 << 63) + 1, u64::MAX - 1, u64::MAX);
+    let g = group(gid, "big ids", owner);
+    s.create_group(&g, &[member(max, GroupRole::Member), member(owner, GroupRole::Owner), member(3, GroupRole::Admin)])
+        .await
+        .unwrap();
+    s.create_group(&group(low_gid, "small id", owner), &[member(owner, GroupRole::Owner)]).await.unwrap();
+    assert_eq!(s.group_by_id(gid).await.unwrap(), Some(g.clone()));
+    // Ascending as u64, across 2^63.
+    assert_eq!(ids(&s.group_members(gid).await.unwrap()), vec![3, owner, max]);
+    assert_eq!(group_ids(&s.groups_of_user(owner).await.unwrap()), vec![low_gid, gid]);
+    assert_eq!(s.groups_of_user(max).await.unwrap(), vec![g]);
+    assert_eq!(s.group_member(gid, max).await.unwrap(), Some(member(max, GroupRole::Member)));
+    assert_eq!(
+        s.add_group_members(
+            gid,
+            &[member(big, GroupRole::Member), member(max, GroupRole::Admin), member(4, GroupRole::Member)]
+        )
+        .await
+        .unwrap(),
+        vec![4, big]
+    );
+    assert_eq!(ids(&s.group_members(gid).await.unwrap()), vec![3, 4, owner, big, max]);
+    assert!(s.set_group_member_role(gid, big, GroupRole::Admin).await.unwrap());
+    assert_eq!(s.group_member(gid, big).await.unwrap().unwrap().role, GroupRole::Admin);
+    assert!(s.remove_group_member(gid, max).await.unwrap());
+    assert!(s.groups_of_user(max).await.unwrap().is_empty());
+    let m = msg(u64::MAX, &format!("g_{gid}"), 1, owner, "big-g");
+    s.insert_messages(std::slice::from_ref(&m)).await.unwrap();
+    assert!(s.delete_group(gid).await.unwrap());
+    assert_eq!(group_ids(&s.groups_of_user(owner).await.unwrap()), vec![low_gid]);
+    assert!(s.group_members(gid).await.unwrap().is_empty());
+    assert_eq!(s.messages_after(&format!("g_{gid}"), 0, 10).await.unwrap(), vec![m]);
 }

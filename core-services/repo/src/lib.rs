@@ -24,6 +24,9 @@ pub enum RepoError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The group does not exist (never created, or dissolved).
+    #[error("group not found")]
+    GroupNotFound,
     /// The remote repo (`gochat repo` over gRPC) could not be reached or
     /// failed in a way that has no variant of its own.
     #[error("repo rpc failed: {0}")]
@@ -54,6 +57,51 @@ pub struct StoredMessage {
     pub created_at: i64,
 }
 
+/// A member's standing in a group. Exactly one owner per group (its creator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GroupRole {
+    Owner,
+    Admin,
+    Member,
+}
+
+impl GroupRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupRole::Owner => "owner",
+            GroupRole::Admin => "admin",
+            GroupRole::Member => "member",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "owner" => Some(GroupRole::Owner),
+            "admin" => Some(GroupRole::Admin),
+            "member" => Some(GroupRole::Member),
+            _ => None,
+        }
+    }
+    /// Owners and admins manage membership.
+    pub fn can_manage(self) -> bool {
+        matches!(self, GroupRole::Owner | GroupRole::Admin)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub id: u64,
+    pub name: String,
+    pub owner_id: u64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub user_id: u64,
+    pub role: GroupRole,
+    pub joined_at: i64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn create_user(&self, user: &User) -> Result<(), RepoError>;
@@ -76,6 +124,25 @@ pub trait Store: Send + Sync + 'static {
         after_seq: u64,
         limit: u32,
     ) -> Result<Vec<StoredMessage>, RepoError>;
+
+    /// Create a group with its initial members (the owner among them), atomically.
+    async fn create_group(&self, group: &Group, members: &[GroupMember]) -> Result<(), RepoError>;
+    async fn group_by_id(&self, group_id: u64) -> Result<Option<Group>, RepoError>;
+    /// Groups `user_id` is a member of, ascending by group id.
+    async fn groups_of_user(&self, user_id: u64) -> Result<Vec<Group>, RepoError>;
+    /// Every member of a group, ascending by user id (empty for an unknown group).
+    async fn group_members(&self, group_id: u64) -> Result<Vec<GroupMember>, RepoError>;
+    async fn group_member(&self, group_id: u64, user_id: u64) -> Result<Option<GroupMember>, RepoError>;
+    /// Add members, atomically; users already in the group are left as they
+    /// are. Returns the user ids actually added, ascending.
+    /// [`RepoError::GroupNotFound`] when the group does not exist.
+    async fn add_group_members(&self, group_id: u64, members: &[GroupMember]) -> Result<Vec<u64>, RepoError>;
+    /// Whether the user was a member (and now is not).
+    async fn remove_group_member(&self, group_id: u64, user_id: u64) -> Result<bool, RepoError>;
+    /// Whether the user is a member (and now has `role`).
+    async fn set_group_member_role(&self, group_id: u64, user_id: u64, role: GroupRole) -> Result<bool, RepoError>;
+    /// Delete a group and its memberships (its messages stay); whether it existed.
+    async fn delete_group(&self, group_id: u64) -> Result<bool, RepoError>;
 
     /// Cheap liveness probe for /readyz.
     async fn ping(&self) -> Result<(), RepoError>;

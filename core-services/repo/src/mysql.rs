@@ -8,10 +8,11 @@
 //! refuses to decode as `String`: strings are read unchecked (still validated
 //! as UTF-8).
 
-use crate::{RepoError, Store, StoredMessage, User};
+use crate::{Group, GroupMember, GroupRole, RepoError, Store, StoredMessage, User};
 use async_trait::async_trait;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
 use sqlx::{ConnectOptions, Connection, Executor, MySql, MySqlPool, QueryBuilder, Row};
+use std::collections::HashSet;
 use std::str::FromStr;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/mysql");
@@ -117,6 +118,48 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 const USER_COLUMNS: &str = "id, username, password_hash, nickname, avatar_url, created_at";
 const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, sender_id, client_msg_id, content_type, content, created_at";
+const GROUP_COLUMNS: &str = "id, name, owner_id, created_at";
+const MEMBER_COLUMNS: &str = "user_id, role, joined_at";
+
+fn group_from_row(r: &MySqlRow) -> Result<Group, sqlx::Error> {
+    Ok(Group {
+        id: r.try_get("id")?,
+        name: text(r, "name")?,
+        owner_id: r.try_get("owner_id")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn member_from_row(r: &MySqlRow) -> Result<GroupMember, sqlx::Error> {
+    let role = text(r, "role")?;
+    Ok(GroupMember {
+        user_id: r.try_get("user_id")?,
+        role: GroupRole::parse(&role).ok_or_else(|| sqlx::Error::ColumnDecode {
+            index: "role".into(),
+            source: format!("unknown group role {role:?}").into(),
+        })?,
+        joined_at: r.try_get("joined_at")?,
+    })
+}
+
+/// Insert memberships of `group_id` in multi-row INSERTs of
+/// [`INSERT_ROWS_MAX`] rows (4 placeholders and a few dozen bytes each).
+async fn insert_members<'m>(
+    tx: &mut sqlx::Transaction<'_, MySql>,
+    group_id: u64,
+    members: impl Iterator<Item = &'m GroupMember>,
+) -> Result<(), sqlx::Error> {
+    let members: Vec<&GroupMember> = members.collect();
+    for chunk in members.chunks(INSERT_ROWS_MAX) {
+        let mut q: QueryBuilder<MySql> =
+            QueryBuilder::new(format!("INSERT INTO group_members (group_id, {MEMBER_COLUMNS}) "));
+        q.push_values(chunk, |mut b, m| {
+            b.push_bind(group_id).push_bind(m.user_id).push_bind(m.role.as_str()).push_bind(m.joined_at);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
 
 /// Split a batch into INSERT-sized runs (rows and bytes).
 fn insert_chunks(batch: &[StoredMessage]) -> impl Iterator<Item = &[StoredMessage]> {
@@ -269,6 +312,127 @@ impl Store for MySqlStore {
         rows.iter().map(|r| message_from_row(r).map_err(Into::into)).collect()
     }
 
+    async fn create_group(&self, group: &Group, members: &[GroupMember]) -> Result<(), RepoError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!("INSERT INTO chat_groups ({GROUP_COLUMNS}) VALUES (?, ?, ?, ?)"))
+            .bind(group.id)
+            .bind(&group.name)
+            .bind(group.owner_id)
+            .bind(group.created_at)
+            .execute(&mut *tx)
+            .await?;
+        insert_members(&mut tx, group.id, members.iter()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn group_by_id(&self, group_id: u64) -> Result<Option<Group>, RepoError> {
+        let row = sqlx::query(&format!("SELECT {GROUP_COLUMNS} FROM chat_groups WHERE id = ?"))
+            .bind(group_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(group_from_row).transpose()?)
+    }
+
+    async fn groups_of_user(&self, user_id: u64) -> Result<Vec<Group>, RepoError> {
+        let rows = sqlx::query(
+            "SELECT g.id, g.name, g.owner_id, g.created_at FROM group_members m \
+             JOIN chat_groups g ON g.id = m.group_id WHERE m.user_id = ? ORDER BY m.group_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| group_from_row(r).map_err(Into::into)).collect()
+    }
+
+    async fn group_members(&self, group_id: u64) -> Result<Vec<GroupMember>, RepoError> {
+        let rows =
+            sqlx::query(&format!("SELECT {MEMBER_COLUMNS} FROM group_members WHERE group_id = ? ORDER BY user_id"))
+                .bind(group_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(|r| member_from_row(r).map_err(Into::into)).collect()
+    }
+
+    async fn group_member(&self, group_id: u64, user_id: u64) -> Result<Option<GroupMember>, RepoError> {
+        let row =
+            sqlx::query(&format!("SELECT {MEMBER_COLUMNS} FROM group_members WHERE group_id = ? AND user_id = ?"))
+                .bind(group_id)
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.as_ref().map(member_from_row).transpose()?)
+    }
+
+    async fn add_group_members(&self, group_id: u64, members: &[GroupMember]) -> Result<Vec<u64>, RepoError> {
+        // MySQL 8 has no INSERT ... RETURNING and INSERT IGNORE does not say
+        // which rows it skipped, so: lock the group row (serializing every
+        // add to this group, and holding off delete_group), read which
+        // candidates are members with a locking read (latest committed rows,
+        // kept until commit), insert the rest. Every writer of a group's
+        // memberships locks the group row before member rows: no deadlock.
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query("SELECT id FROM chat_groups WHERE id = ? FOR UPDATE")
+            .bind(group_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(RepoError::GroupNotFound);
+        }
+        // Repeats within `members`: the first one wins.
+        let mut seen = HashSet::with_capacity(members.len());
+        let candidates: Vec<&GroupMember> = members.iter().filter(|m| seen.insert(m.user_id)).collect();
+        let mut existing = HashSet::new();
+        for chunk in candidates.chunks(LOOKUP_KEYS_MAX) {
+            let mut q: QueryBuilder<MySql> = QueryBuilder::new("SELECT user_id FROM group_members WHERE group_id = ");
+            q.push_bind(group_id).push(" AND user_id IN (");
+            let mut sep = q.separated(", ");
+            for m in chunk {
+                sep.push_bind(m.user_id);
+            }
+            q.push(") FOR UPDATE");
+            for r in q.build().fetch_all(&mut *tx).await? {
+                existing.insert(r.try_get::<u64, _>(0)?);
+            }
+        }
+        let fresh: Vec<&GroupMember> = candidates.into_iter().filter(|m| !existing.contains(&m.user_id)).collect();
+        insert_members(&mut tx, group_id, fresh.iter().copied()).await?;
+        tx.commit().await?;
+        let mut added: Vec<u64> = fresh.iter().map(|m| m.user_id).collect();
+        added.sort_unstable();
+        Ok(added)
+    }
+
+    async fn remove_group_member(&self, group_id: u64, user_id: u64) -> Result<bool, RepoError> {
+        let done = sqlx::query("DELETE FROM group_members WHERE group_id = ? AND user_id = ?")
+            .bind(group_id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_group_member_role(&self, group_id: u64, user_id: u64, role: GroupRole) -> Result<bool, RepoError> {
+        // sqlx connects with CLIENT_FOUND_ROWS: rows_affected counts matched
+        // rows, so an unchanged role still reports true.
+        let done = sqlx::query("UPDATE group_members SET role = ? WHERE group_id = ? AND user_id = ?")
+            .bind(role.as_str())
+            .bind(group_id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_group(&self, group_id: u64) -> Result<bool, RepoError> {
+        // The group row first, like add_group_members locks it first.
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("DELETE FROM chat_groups WHERE id = ?").bind(group_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM group_members WHERE group_id = ?").bind(group_id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn ping(&self) -> Result<(), RepoError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -394,7 +558,8 @@ mod tests {
             let cols: Vec<(String, String, Option<String>)> = sqlx::query_as(
                 "SELECT CAST(CONCAT(TABLE_NAME, '.', COLUMN_NAME) AS CHAR), CAST(COLUMN_TYPE AS CHAR), \
                  CAST(COLLATION_NAME AS CHAR) FROM information_schema.COLUMNS \
-                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ('users', 'messages') ORDER BY 1",
+                 WHERE TABLE_SCHEMA = DATABASE() \
+                 AND TABLE_NAME IN ('users', 'messages', 'chat_groups', 'group_members') ORDER BY 1",
             )
             .fetch_all(s.pool())
             .await
@@ -406,15 +571,20 @@ mod tests {
             assert_eq!(find("messages.client_msg_id").1, "varbinary(64)");
             assert_eq!(find("messages.content").1, "mediumtext");
             assert_eq!(find("messages.content").2.as_deref(), Some("utf8mb4_bin"));
+            assert_eq!(find("chat_groups.id").1, "bigint(20) unsigned");
+            assert_eq!(find("chat_groups.name").1, "varchar(64)");
+            assert_eq!(find("chat_groups.name").2.as_deref(), Some("utf8mb4_bin"));
+            assert_eq!(find("group_members.user_id").1, "bigint(20) unsigned");
 
             let engines: Vec<(String, String)> = sqlx::query_as(
                 "SELECT CAST(ENGINE AS CHAR), CAST(TABLE_COLLATION AS CHAR) FROM information_schema.TABLES \
-                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ('users', 'messages')",
+                 WHERE TABLE_SCHEMA = DATABASE() \
+                 AND TABLE_NAME IN ('users', 'messages', 'chat_groups', 'group_members')",
             )
             .fetch_all(s.pool())
             .await
             .unwrap();
-            assert_eq!(engines, vec![("InnoDB".into(), "utf8mb4_bin".into()); 2]);
+            assert_eq!(engines, vec![("InnoDB".into(), "utf8mb4_bin".into()); 4]);
         })
         .await;
     }

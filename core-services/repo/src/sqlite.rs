@@ -1,7 +1,7 @@
 //! SQLite store for embedded mode (`gochat dev`): WAL journal, migrations from
 //! migrations/sqlite applied at open.
 
-use crate::{RepoError, Store, StoredMessage, User};
+use crate::{Group, GroupMember, GroupRole, RepoError, Store, StoredMessage, User};
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
@@ -64,6 +64,42 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, sender_id, client_msg_id, content_type, content, created_at";
+const GROUP_COLUMNS: &str = "id, name, owner_id, created_at";
+const MEMBER_COLUMNS: &str = "user_id, role, joined_at";
+/// Rows per multi-row membership INSERT: 4 parameters each, far below
+/// SQLite's 32,766 bound parameters per statement.
+const MEMBER_ROWS_MAX: usize = 1000;
+
+fn group_from_row(r: &SqliteRow) -> Result<Group, sqlx::Error> {
+    Ok(Group {
+        id: r.try_get::<i64, _>("id")? as u64,
+        name: r.try_get("name")?,
+        owner_id: r.try_get::<i64, _>("owner_id")? as u64,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn member_from_row(r: &SqliteRow) -> Result<GroupMember, sqlx::Error> {
+    let role: &str = r.try_get("role")?;
+    Ok(GroupMember {
+        user_id: r.try_get::<i64, _>("user_id")? as u64,
+        role: GroupRole::parse(role).ok_or_else(|| sqlx::Error::ColumnDecode {
+            index: "role".into(),
+            source: format!("unknown group role {role:?}").into(),
+        })?,
+        joined_at: r.try_get("joined_at")?,
+    })
+}
+
+/// `INSERT [OR IGNORE] INTO group_members ... VALUES` for one chunk of rows.
+fn member_insert<'a>(verb: &str, group_id: u64, chunk: &'a [GroupMember]) -> QueryBuilder<'a, Sqlite> {
+    let mut q: QueryBuilder<Sqlite> =
+        QueryBuilder::new(format!("{verb} INTO group_members (group_id, {MEMBER_COLUMNS}) "));
+    q.push_values(chunk, |mut b, m| {
+        b.push_bind(group_id as i64).push_bind(m.user_id as i64).push_bind(m.role.as_str()).push_bind(m.joined_at);
+    });
+    q
+}
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -182,6 +218,118 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|r| message_from_row(r).map_err(Into::into)).collect()
+    }
+
+    async fn create_group(&self, group: &Group, members: &[GroupMember]) -> Result<(), RepoError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!("INSERT INTO chat_groups ({GROUP_COLUMNS}) VALUES (?, ?, ?, ?)"))
+            .bind(group.id as i64)
+            .bind(&group.name)
+            .bind(group.owner_id as i64)
+            .bind(group.created_at)
+            .execute(&mut *tx)
+            .await?;
+        for chunk in members.chunks(MEMBER_ROWS_MAX) {
+            member_insert("INSERT", group.id, chunk).build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn group_by_id(&self, group_id: u64) -> Result<Option<Group>, RepoError> {
+        let row = sqlx::query(&format!("SELECT {GROUP_COLUMNS} FROM chat_groups WHERE id = ?"))
+            .bind(group_id as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(group_from_row).transpose()?)
+    }
+
+    async fn groups_of_user(&self, user_id: u64) -> Result<Vec<Group>, RepoError> {
+        let rows = sqlx::query(
+            "SELECT g.id, g.name, g.owner_id, g.created_at FROM group_members m \
+             JOIN chat_groups g ON g.id = m.group_id WHERE m.user_id = ?",
+        )
+        .bind(user_id as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut groups = rows.iter().map(group_from_row).collect::<Result<Vec<_>, _>>()?;
+        // Ids above 2^63 are negative as stored: order as u64 here, not in SQL.
+        groups.sort_unstable_by_key(|g| g.id);
+        Ok(groups)
+    }
+
+    async fn group_members(&self, group_id: u64) -> Result<Vec<GroupMember>, RepoError> {
+        let rows = sqlx::query(&format!("SELECT {MEMBER_COLUMNS} FROM group_members WHERE group_id = ?"))
+            .bind(group_id as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut members = rows.iter().map(member_from_row).collect::<Result<Vec<_>, _>>()?;
+        members.sort_unstable_by_key(|m| m.user_id);
+        Ok(members)
+    }
+
+    async fn group_member(&self, group_id: u64, user_id: u64) -> Result<Option<GroupMember>, RepoError> {
+        let row =
+            sqlx::query(&format!("SELECT {MEMBER_COLUMNS} FROM group_members WHERE group_id = ? AND user_id = ?"))
+                .bind(group_id as i64)
+                .bind(user_id as i64)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.as_ref().map(member_from_row).transpose()?)
+    }
+
+    async fn add_group_members(&self, group_id: u64, members: &[GroupMember]) -> Result<Vec<u64>, RepoError> {
+        // IMMEDIATE: take the write lock before reading, so the existence
+        // check holds until commit and no read-to-write upgrade can fail busy.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let exists = sqlx::query("SELECT 1 FROM chat_groups WHERE id = ?")
+            .bind(group_id as i64)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(RepoError::GroupNotFound);
+        }
+        // OR IGNORE skips users already in the group (and repeats within
+        // `members`, first one wins); RETURNING yields only rows inserted.
+        let mut added = Vec::new();
+        for chunk in members.chunks(MEMBER_ROWS_MAX) {
+            let mut q = member_insert("INSERT OR IGNORE", group_id, chunk);
+            q.push(" RETURNING user_id");
+            for r in q.build().fetch_all(&mut *tx).await? {
+                added.push(r.try_get::<i64, _>(0)? as u64);
+            }
+        }
+        tx.commit().await?;
+        added.sort_unstable();
+        Ok(added)
+    }
+
+    async fn remove_group_member(&self, group_id: u64, user_id: u64) -> Result<bool, RepoError> {
+        let done = sqlx::query("DELETE FROM group_members WHERE group_id = ? AND user_id = ?")
+            .bind(group_id as i64)
+            .bind(user_id as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_group_member_role(&self, group_id: u64, user_id: u64, role: GroupRole) -> Result<bool, RepoError> {
+        // SQLite counts matched rows, so an unchanged role still reports true.
+        let done = sqlx::query("UPDATE group_members SET role = ? WHERE group_id = ? AND user_id = ?")
+            .bind(role.as_str())
+            .bind(group_id as i64)
+            .bind(user_id as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_group(&self, group_id: u64) -> Result<bool, RepoError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("DELETE FROM chat_groups WHERE id = ?").bind(group_id as i64).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM group_members WHERE group_id = ?").bind(group_id as i64).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn ping(&self) -> Result<(), RepoError> {

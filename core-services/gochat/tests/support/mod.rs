@@ -2,6 +2,8 @@
 //! 0, talked to with a real HTTP client and real WebSocket clients.
 #![allow(dead_code)]
 
+pub mod groups;
+
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
@@ -254,3 +256,19 @@ pub fn conv_id(a: &str, b: &str) -> String {
     let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
     format!("s_{}_{}", a.min(b), a.max(b))
 }
+
+/// Raise this test process's soft open-file limit to its hard limit (big
+/// scenarios hold thousands of client sockets).
+pub fn raise_nofile() {
+    unsafe {
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+/// Fast password hashing for tests that register thousands of users.
+pub const CHEAP_ARGON2: [(&str, &str); 2] =
+    [("GOCHAT_AUTH__ARGON2_MEMORY_KIB", "64"), ("GOCHAT_AUTH__ARGON2_ITERATIONS", "1")];
