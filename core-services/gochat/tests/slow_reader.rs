@@ -222,10 +222,16 @@ async fn scenario() {
     assert_eq!(metric_sum(&srv, "gochat_gateway_slow_reader_closes_total").await, 0);
     let queued = metric_sum(&srv, "gochat_gateway_outbound_queued_bytes").await;
     assert!(queued > 0 && queued <= QUEUE_BYTES + RESERVE, "queued {queued} B once the others drained");
-    // While sending, the healthy connections' queues were (at most briefly)
-    // non-empty too; the slow one alone never exceeded the bound + reserve.
+    // The gauge sums every connection of the shard. While sending, the
+    // healthy ones' queues fill too (how much depends on how busy the
+    // machine is), but none overflowed (one hint in total), so the shard
+    // never held more than each connection's bound.
     let max_queued = max_queued.load(Ordering::Relaxed);
-    assert!(max_queued <= QUEUE_BYTES + RESERVE + 16_384, "up to {max_queued} B queued while the reader was stuck");
+    let connections = OTHER_MEMBERS as u64 + 2;
+    assert!(
+        max_queued <= connections * QUEUE_BYTES + RESERVE,
+        "up to {max_queued} B queued over {connections} connections while the reader was stuck"
+    );
     eprintln!("{n} messages, {dropped} pushes dropped, {queued} B queued (max sampled {max_queued} B)");
 
     // The slow device reads again: first the frames queued before the

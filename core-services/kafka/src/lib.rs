@@ -27,10 +27,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::AsyncRuntime;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub use rdkafka::util::{NaiveRuntime, TokioRuntime};
 
@@ -106,7 +106,7 @@ impl Kafka {
         let inner: StreamConsumer<GroupContext, R> =
             self.consumer_config(client_id, group).create_with_context(GroupContext::default()).map_err(broker_err)?;
         inner.subscribe(&[topic]).map_err(broker_err)?;
-        Ok(KafkaConsumer { inner, pending: HashMap::new(), commits: true })
+        Ok(KafkaConsumer::new(inner, true, None))
     }
 
     /// A consumer of exactly one partition, starting at its end (a gateway
@@ -129,7 +129,7 @@ impl Kafka {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition as i32, Offset::Offset(high)).map_err(broker_err)?;
         inner.assign(&tpl).map_err(broker_err)?;
-        Ok(KafkaConsumer { inner, pending: HashMap::new(), commits: false })
+        Ok(KafkaConsumer::new(inner, false, Some(((topic.to_owned(), partition as i32), high))))
     }
 
     /// Create `topic` with `partitions` partitions unless it exists.
@@ -223,6 +223,9 @@ impl<R: AsyncRuntime> Producer for KafkaProducer<R> {
 #[derive(Default, Clone)]
 pub struct GroupContext {
     assigned: Arc<AtomicBool>,
+    /// Bumped on every assignment change: the consumer's expected offsets
+    /// are stale after one (a partition may come back at another offset).
+    rebalances: Arc<AtomicU64>,
     notify: Arc<tokio::sync::Notify>,
 }
 
@@ -230,12 +233,28 @@ impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            debug!(partitions = tpl.count(), "partitions assigned");
-            self.assigned.store(true, Ordering::Release);
-            self.notify.notify_waiters();
+        // Logged at info: a member that stops consuming is first suspected
+        // of having lost its partitions.
+        self.rebalances.fetch_add(1, Ordering::AcqRel);
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                info!(partitions = %partition_list(tpl), "partitions assigned");
+                self.assigned.store(true, Ordering::Release);
+                self.notify.notify_waiters();
+            }
+            Rebalance::Revoke(tpl) => info!(partitions = %partition_list(tpl), "partitions revoked"),
+            Rebalance::Error(e) => warn!(error = %e, "rebalance failed"),
         }
     }
+}
+
+/// `topic[0,1]` for the log.
+fn partition_list(tpl: &TopicPartitionList) -> String {
+    let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+    for e in tpl.elements() {
+        by_topic.entry(e.topic().to_owned()).or_default().push(e.partition());
+    }
+    by_topic.iter().map(|(t, p)| format!("{t}{p:?}")).collect::<Vec<_>>().join(" ")
 }
 
 impl GroupContext {
@@ -255,13 +274,48 @@ impl GroupContext {
     }
 }
 
+/// How often a consumer goes back for a skipped offset before accepting
+/// the gap, and the pause before each try (grows linearly).
+const GAP_RETRIES: u32 = 20;
+const GAP_RETRY_PAUSE: Duration = Duration::from_millis(5);
+
 /// rdkafka consumer behind the bus trait. Offsets are committed only by
 /// [`Consumer::commit`], i.e. after the caller processed the batch.
+///
+/// Gap guard: GoChat's topics are neither compacted nor transactional, so a
+/// partition's offsets are contiguous and a record past the next expected
+/// offset means the broker answered a fetch before an earlier batch was
+/// readable. tansu 0.6 (memory engine) does this when producers append to a
+/// partition concurrently: it advances the high watermark before the batch
+/// is stored. The consumer then seeks back to the expected offset and
+/// fetches again; after [`GAP_RETRIES`] tries it accepts the gap with a
+/// warning (a real gap, e.g. a topic someone compacted). Apache Kafka and
+/// Redpanda never trigger it.
 pub struct KafkaConsumer<R> {
     inner: StreamConsumer<GroupContext, R>,
     /// Next offset to commit per (topic, partition), from batches handed out.
     pending: HashMap<(String, i32), i64>,
     commits: bool,
+    guard: GapGuard,
+}
+
+/// The gap guard's state (see [`KafkaConsumer`]).
+#[derive(Default)]
+struct GapGuard {
+    /// Next offset expected per (topic, partition), cleared on rebalance.
+    expected: HashMap<(String, i32), i64>,
+    /// Rebalance count `expected` belongs to.
+    generation: u64,
+    /// The gap being repaired: (topic, partition), expected offset, tries.
+    gap: Option<((String, i32), i64, u32)>,
+    repaired: u64,
+}
+
+/// What to do with a record, given the offset the partition should be at.
+enum Next {
+    Take,
+    /// Go back to this offset (an earlier batch was not readable yet).
+    Refetch(i64),
 }
 
 fn to_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
@@ -274,9 +328,79 @@ fn to_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
 }
 
 impl<R> KafkaConsumer<R> {
+    fn new(inner: StreamConsumer<GroupContext, R>, commits: bool, start: Option<((String, i32), i64)>) -> Self {
+        let generation = inner.context().rebalances.load(Ordering::Acquire);
+        let guard = GapGuard { expected: start.into_iter().collect(), generation, ..Default::default() };
+        Self { inner, pending: HashMap::new(), commits, guard }
+    }
+
     /// Handle to learn when the group assigned this member its partitions.
     pub fn group_context(&self) -> GroupContext {
         GroupContext::clone(self.inner.context())
+    }
+
+    /// Skipped offsets this consumer went back for and then read (see the
+    /// gap guard on [`KafkaConsumer`]).
+    pub fn gaps_repaired(&self) -> u64 {
+        self.guard.repaired
+    }
+}
+
+impl GapGuard {
+    /// Check `m` against the partition's expected offset; `generation` is
+    /// the consumer's current rebalance count.
+    fn check(&mut self, generation: u64, m: &rdkafka::message::BorrowedMessage<'_>) -> Next {
+        if generation != self.generation {
+            self.generation = generation;
+            self.expected.clear();
+            self.gap = None;
+        }
+        let key = (m.topic().to_owned(), m.partition());
+        let offset = m.offset();
+        match self.expected.get(&key).copied() {
+            Some(want) if offset > want => {
+                let tries = match &self.gap {
+                    Some((k, at, tries)) if *k == key && *at == want => *tries,
+                    _ => 0,
+                };
+                if tries < GAP_RETRIES {
+                    self.gap = Some((key, want, tries + 1));
+                    return Next::Refetch(want);
+                }
+                warn!(
+                    topic = m.topic(),
+                    partition = m.partition(),
+                    expected = want,
+                    got = offset,
+                    "offsets skipped after {GAP_RETRIES} refetches; accepting the gap"
+                );
+                self.gap = None;
+            }
+            _ => {
+                if matches!(&self.gap, Some((k, at, _)) if *k == key && *at == offset) {
+                    self.repaired += 1;
+                    debug!(topic = m.topic(), partition = m.partition(), offset, "skipped offset refetched");
+                    self.gap = None;
+                }
+            }
+        }
+        // Also when the offset went back (a seek, or a partition resumed
+        // from its committed offset): follow the broker.
+        self.expected.insert(key, offset + 1);
+        Next::Take
+    }
+}
+
+impl<R: AsyncRuntime> KafkaConsumer<R> {
+    /// Pause briefly, then move the partition back to `offset`: librdkafka
+    /// drops what it prefetched past it and fetches again from there.
+    async fn refetch(&mut self, topic: &str, partition: i32, offset: i64) {
+        let tries = self.guard.gap.as_ref().map_or(1, |g| g.2);
+        debug!(topic, partition, offset, tries, "offset skipped by the broker; fetching it again");
+        R::delay_for(GAP_RETRY_PAUSE * tries).await;
+        if let Err(e) = self.inner.seek(topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
+            warn!(topic, partition, offset, error = %e, "seek back to a skipped offset failed");
+        }
     }
 }
 
@@ -285,26 +409,45 @@ impl<R: AsyncRuntime + Send + Sync + 'static> Consumer for KafkaConsumer<R> {
         Box::pin(async move {
             let mut batch = Vec::new();
             loop {
-                match self.inner.recv().await {
-                    Ok(m) => {
-                        self.pending.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
-                        batch.push(to_record(&m));
-                        break;
-                    }
+                let refetch = match self.inner.recv().await {
+                    Ok(m) => match self.guard.check(self.inner.context().rebalances.load(Ordering::Acquire), &m) {
+                        Next::Take => {
+                            self.pending.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
+                            batch.push(to_record(&m));
+                            break;
+                        }
+                        Next::Refetch(at) => Some((m.topic().to_owned(), m.partition(), at)),
+                    },
                     Err(e) => {
                         // Transient broker errors surface here; librdkafka reconnects by itself.
                         warn!(error = %e, "kafka consume error");
                         R::delay_for(Duration::from_millis(100)).await;
-                        continue;
+                        None
                     }
+                };
+                if let Some((topic, partition, at)) = refetch {
+                    self.refetch(&topic, partition, at).await;
                 }
             }
             // Take whatever is already fetched, without waiting.
             while batch.len() < max {
                 match self.inner.recv().now_or_never() {
                     Some(Ok(m)) => {
-                        self.pending.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
-                        batch.push(to_record(&m));
+                        match self.guard.check(self.inner.context().rebalances.load(Ordering::Acquire), &m) {
+                            Next::Take => {
+                                self.pending.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
+                                batch.push(to_record(&m));
+                            }
+                            Next::Refetch(at) => {
+                                let topic = m.topic().to_owned();
+                                let partition = m.partition();
+                                drop(m);
+                                // The batch so far is complete: records are in
+                                // offset order per partition.
+                                self.refetch(&topic, partition, at).await;
+                                break;
+                            }
+                        }
                     }
                     _ => break,
                 }

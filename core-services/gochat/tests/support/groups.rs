@@ -45,18 +45,29 @@ pub async fn connect_to(addr: SocketAddr, token: &str) -> Ws {
 /// bound is for all of them together (90 s), not per user.
 pub async fn wait_all_online(http: &reqwest::Client, base: &str, token: &str, users: &[&str]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    futures_util::stream::iter(users)
-        .for_each_concurrent(32, |u| async move {
-            loop {
+    let mut pending: Vec<&str> = users.to_vec();
+    while !pending.is_empty() {
+        let online: Vec<bool> = futures_util::stream::iter(&pending)
+            .map(|u| async move {
                 let r = http.get(format!("{base}/api/v1/users/{u}/presence")).bearer_auth(token).send().await.unwrap();
-                if r.json::<Value>().await.unwrap()["connections"].as_u64() == Some(1) {
-                    return;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "user {u} never came online");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await;
+                r.json::<Value>().await.unwrap()["connections"].as_u64() == Some(1)
+            })
+            .buffered(32)
+            .collect()
+            .await;
+        let mut still = online.iter();
+        pending.retain(|_| !*still.next().unwrap());
+        assert!(
+            pending.is_empty() || tokio::time::Instant::now() < deadline,
+            "{} of {} users never came online (first: {})",
+            pending.len(),
+            users.len(),
+            pending[0]
+        );
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 async fn rest(

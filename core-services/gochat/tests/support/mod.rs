@@ -174,7 +174,11 @@ pub fn spawn_ready_with_nofile(args: &[&str], env: &[(&str, &str)], nofile: Opti
             });
         }
     }
-    cmd.args(args).args(["--log-format", "json"]).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.args(args)
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", std::env::var("GOCHAT_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -186,7 +190,13 @@ pub fn spawn_ready_with_nofile(args: &[&str], env: &[(&str, &str)], nofile: Opti
         // Keep draining so the process never blocks on a full pipe.
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if std::env::var_os("GOCHAT_TEST_LOGS").is_some() {
+            // Warnings, errors and lifecycle lines always reach the test's stderr
+            // (shown when it fails); everything with GOCHAT_TEST_LOGS set.
+            let loud = line.contains(r#""level":"WARN""#)
+                || line.contains(r#""level":"ERROR""#)
+                || line.contains(r#""message":"partitions "#)
+                || line.contains(r#""message":"gochat ready""#);
+            if loud || std::env::var_os("GOCHAT_TEST_LOGS").is_some() {
                 eprintln!("[{tag}] {line}");
             }
             if !sent {
