@@ -129,7 +129,7 @@ impl Kafka {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition as i32, Offset::Offset(high)).map_err(broker_err)?;
         inner.assign(&tpl).map_err(broker_err)?;
-        Ok(KafkaConsumer::new(inner, false, Some(((topic.to_owned(), partition as i32), high))))
+        Ok(KafkaConsumer::new(inner, false, Some((partition as i32, high))))
     }
 
     /// Create `topic` with `partitions` partitions unless it exists.
@@ -302,12 +302,13 @@ pub struct KafkaConsumer<R> {
 /// The gap guard's state (see [`KafkaConsumer`]).
 #[derive(Default)]
 struct GapGuard {
-    /// Next offset expected per (topic, partition), cleared on rebalance.
-    expected: HashMap<(String, i32), i64>,
+    /// Next offset expected per partition (each consumer reads one
+    /// topic), cleared on rebalance.
+    expected: HashMap<i32, i64>,
     /// Rebalance count `expected` belongs to.
     generation: u64,
-    /// The gap being repaired: (topic, partition), expected offset, tries.
-    gap: Option<((String, i32), i64, u32)>,
+    /// The gap being repaired: partition, expected offset, tries.
+    gap: Option<(i32, i64, u32)>,
     repaired: u64,
 }
 
@@ -328,7 +329,7 @@ fn to_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
 }
 
 impl<R> KafkaConsumer<R> {
-    fn new(inner: StreamConsumer<GroupContext, R>, commits: bool, start: Option<((String, i32), i64)>) -> Self {
+    fn new(inner: StreamConsumer<GroupContext, R>, commits: bool, start: Option<(i32, i64)>) -> Self {
         let generation = inner.context().rebalances.load(Ordering::Acquire);
         let guard = GapGuard { expected: start.into_iter().collect(), generation, ..Default::default() };
         Self { inner, pending: HashMap::new(), commits, guard }
@@ -355,7 +356,7 @@ impl GapGuard {
             self.expected.clear();
             self.gap = None;
         }
-        let key = (m.topic().to_owned(), m.partition());
+        let key = m.partition();
         let offset = m.offset();
         match self.expected.get(&key).copied() {
             Some(want) if offset > want => {
