@@ -348,16 +348,16 @@ impl<R> KafkaConsumer<R> {
 }
 
 impl GapGuard {
-    /// Check `m` against the partition's expected offset; `generation` is
-    /// the consumer's current rebalance count.
-    fn check(&mut self, generation: u64, m: &rdkafka::message::BorrowedMessage<'_>) -> Next {
+    /// Check a record of `topic` at (`partition`, `offset`) against the
+    /// partition's expected offset; `generation` is the consumer's current
+    /// rebalance count. Pure bookkeeping (the caller seeks), so unit-tested.
+    fn check(&mut self, generation: u64, topic: &str, partition: i32, offset: i64) -> Next {
         if generation != self.generation {
             self.generation = generation;
             self.expected.clear();
             self.gap = None;
         }
-        let key = m.partition();
-        let offset = m.offset();
+        let key = partition;
         match self.expected.get(&key).copied() {
             Some(want) if offset > want => {
                 let tries = match &self.gap {
@@ -369,8 +369,8 @@ impl GapGuard {
                     return Next::Refetch(want);
                 }
                 warn!(
-                    topic = m.topic(),
-                    partition = m.partition(),
+                    topic,
+                    partition,
                     expected = want,
                     got = offset,
                     "offsets skipped after {GAP_RETRIES} refetches; accepting the gap"
@@ -380,7 +380,7 @@ impl GapGuard {
             _ => {
                 if matches!(&self.gap, Some((k, at, _)) if *k == key && *at == offset) {
                     self.repaired += 1;
-                    debug!(topic = m.topic(), partition = m.partition(), offset, "skipped offset refetched");
+                    debug!(topic, partition, offset, "skipped offset refetched");
                     self.gap = None;
                 }
             }
@@ -411,7 +411,12 @@ impl<R: AsyncRuntime + Send + Sync + 'static> Consumer for KafkaConsumer<R> {
             let mut batch = Vec::new();
             loop {
                 let refetch = match self.inner.recv().await {
-                    Ok(m) => match self.guard.check(self.inner.context().rebalances.load(Ordering::Acquire), &m) {
+                    Ok(m) => match self.guard.check(
+                        self.inner.context().rebalances.load(Ordering::Acquire),
+                        m.topic(),
+                        m.partition(),
+                        m.offset(),
+                    ) {
                         Next::Take => {
                             self.pending.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
                             batch.push(to_record(&m));
@@ -434,7 +439,12 @@ impl<R: AsyncRuntime + Send + Sync + 'static> Consumer for KafkaConsumer<R> {
             while batch.len() < max {
                 match self.inner.recv().now_or_never() {
                     Some(Ok(m)) => {
-                        match self.guard.check(self.inner.context().rebalances.load(Ordering::Acquire), &m) {
+                        match self.guard.check(
+                            self.inner.context().rebalances.load(Ordering::Acquire),
+                            m.topic(),
+                            m.partition(),
+                            m.offset(),
+                        ) {
                             Next::Take => {
                                 self.pending.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
                                 batch.push(to_record(&m));
@@ -469,5 +479,69 @@ impl<R: AsyncRuntime + Send + Sync + 'static> Consumer for KafkaConsumer<R> {
             }
             self.inner.commit(&tpl, CommitMode::Async).map_err(broker_err)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn take(n: &Next) -> bool {
+        matches!(n, Next::Take)
+    }
+
+    #[test]
+    fn contiguous_offsets_are_taken() {
+        let mut g = GapGuard::default();
+        for o in 0..100 {
+            assert!(take(&g.check(0, "t", 3, o)));
+        }
+        assert_eq!(g.repaired, 0);
+    }
+
+    #[test]
+    fn a_skipped_offset_is_fetched_again_and_counted() {
+        let mut g = GapGuard::default();
+        assert!(take(&g.check(0, "t", 0, 10)));
+        assert!(matches!(g.check(0, "t", 0, 12), Next::Refetch(11)));
+        // Still not readable: the broker returns 12 again.
+        assert!(matches!(g.check(0, "t", 0, 12), Next::Refetch(11)));
+        assert!(take(&g.check(0, "t", 0, 11)));
+        assert!(take(&g.check(0, "t", 0, 12)));
+        assert_eq!(g.repaired, 1);
+        // Other partitions are tracked on their own.
+        assert!(take(&g.check(0, "t", 1, 500)));
+        assert!(take(&g.check(0, "t", 1, 501)));
+    }
+
+    #[test]
+    fn a_real_gap_is_accepted_after_the_retries() {
+        let mut g = GapGuard::default();
+        assert!(take(&g.check(0, "t", 0, 0)));
+        for _ in 0..GAP_RETRIES {
+            assert!(matches!(g.check(0, "t", 0, 5), Next::Refetch(1)));
+        }
+        assert!(take(&g.check(0, "t", 0, 5)));
+        assert!(take(&g.check(0, "t", 0, 6)));
+        assert_eq!(g.repaired, 0);
+    }
+
+    #[test]
+    fn a_rebalance_or_a_step_back_resets_the_expectation() {
+        let mut g = GapGuard::default();
+        assert!(take(&g.check(0, "t", 0, 40)));
+        // The partition came back after a rebalance at another member's commit.
+        assert!(take(&g.check(1, "t", 0, 90)));
+        // Resumed from an earlier committed offset: follow the broker.
+        assert!(take(&g.check(1, "t", 0, 70)));
+        assert!(matches!(g.check(1, "t", 0, 72), Next::Refetch(71)));
+    }
+
+    #[test]
+    fn a_partition_consumer_checks_its_first_record_against_its_start() {
+        let mut g = GapGuard { expected: [(2, 300)].into_iter().collect(), ..Default::default() };
+        assert!(matches!(g.check(0, "t", 2, 301), Next::Refetch(300)));
+        assert!(take(&g.check(0, "t", 2, 300)));
+        assert_eq!(g.repaired, 1);
     }
 }
