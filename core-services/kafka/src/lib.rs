@@ -106,7 +106,7 @@ impl Kafka {
         let inner: StreamConsumer<GroupContext, R> =
             self.consumer_config(client_id, group).create_with_context(GroupContext::default()).map_err(broker_err)?;
         inner.subscribe(&[topic]).map_err(broker_err)?;
-        Ok(KafkaConsumer::new(inner, true, None))
+        Ok(KafkaConsumer::new(inner, topic, true, None))
     }
 
     /// A consumer of exactly one partition, starting at its end (a gateway
@@ -129,7 +129,7 @@ impl Kafka {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition as i32, Offset::Offset(high)).map_err(broker_err)?;
         inner.assign(&tpl).map_err(broker_err)?;
-        Ok(KafkaConsumer::new(inner, false, Some((partition as i32, high))))
+        Ok(KafkaConsumer::new(inner, topic, false, Some((partition as i32, high))))
     }
 
     /// Create `topic` with `partitions` partitions unless it exists.
@@ -293,8 +293,10 @@ const GAP_RETRY_PAUSE: Duration = Duration::from_millis(5);
 /// Redpanda never trigger it.
 pub struct KafkaConsumer<R> {
     inner: StreamConsumer<GroupContext, R>,
-    /// Next offset to commit per (topic, partition), from batches handed out.
-    pending: HashMap<(String, i32), i64>,
+    /// Next offset to commit per partition of `topic`, from batches handed out.
+    pending: HashMap<i32, i64>,
+    /// The one topic this consumer reads.
+    topic: String,
     commits: bool,
     guard: GapGuard,
 }
@@ -329,10 +331,11 @@ fn to_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
 }
 
 impl<R> KafkaConsumer<R> {
-    fn new(inner: StreamConsumer<GroupContext, R>, commits: bool, start: Option<(i32, i64)>) -> Self {
+    fn new(inner: StreamConsumer<GroupContext, R>, topic: &str, commits: bool, start: Option<(i32, i64)>) -> Self {
+        let topic = topic.to_owned();
         let generation = inner.context().rebalances.load(Ordering::Acquire);
         let guard = GapGuard { expected: start.into_iter().collect(), generation, ..Default::default() };
-        Self { inner, pending: HashMap::new(), commits, guard }
+        Self { inner, pending: HashMap::new(), topic, commits, guard }
     }
 
     /// Handle to learn when the group assigned this member its partitions.
@@ -418,7 +421,7 @@ impl<R: AsyncRuntime + Send + Sync + 'static> Consumer for KafkaConsumer<R> {
                         m.offset(),
                     ) {
                         Next::Take => {
-                            self.pending.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
+                            self.pending.insert(m.partition(), m.offset() + 1);
                             batch.push(to_record(&m));
                             break;
                         }
@@ -446,7 +449,7 @@ impl<R: AsyncRuntime + Send + Sync + 'static> Consumer for KafkaConsumer<R> {
                             m.offset(),
                         ) {
                             Next::Take => {
-                                self.pending.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
+                                self.pending.insert(m.partition(), m.offset() + 1);
                                 batch.push(to_record(&m));
                             }
                             Next::Refetch(at) => {
@@ -474,8 +477,8 @@ impl<R: AsyncRuntime + Send + Sync + 'static> Consumer for KafkaConsumer<R> {
                 return Ok(());
             }
             let mut tpl = TopicPartitionList::new();
-            for ((topic, partition), next) in self.pending.drain() {
-                tpl.add_partition_offset(&topic, partition, Offset::Offset(next)).map_err(broker_err)?;
+            for (partition, next) in self.pending.drain() {
+                tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next)).map_err(broker_err)?;
             }
             self.inner.commit(&tpl, CommitMode::Async).map_err(broker_err)
         })
