@@ -169,3 +169,33 @@ async fn concurrent_producers_on_one_partition_lose_nothing() {
     values.dedup();
     assert_eq!(values.len(), (PRODUCERS * EACH) as usize);
 }
+
+/// Conversation and user keys built from snowflake ids (taken from a run
+/// where librdkafka's default CRC32 partitioner put all of them on
+/// partitions 2 and 3 of 4) spread over every partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snowflake_keys_spread_over_every_partition() {
+    let s = settings();
+    let topic = unique("spread");
+    s.ensure_topic(&topic, 4).await.unwrap();
+    let producer = s.producer::<TokioRuntime>("spread-producer").unwrap();
+    let hub = "383058467738357760";
+    let spokes = [
+        "383058468124233728",
+        "383058472947683328",
+        "383058473438416896",
+        "383058471521619968",
+        "383058472003964928",
+        "383058472444366848",
+    ];
+    let mut keys: Vec<String> = spokes.iter().map(|u| format!("s_{hub}_{u}")).collect();
+    keys.extend(spokes.iter().map(|u| format!("u{u}")));
+    for k in &keys {
+        producer.send(&topic, k.as_bytes(), None, Bytes::from_static(b"x")).await.unwrap();
+    }
+    let group = unique("spread-group");
+    let mut consumer = s.group_consumer::<TokioRuntime>("spread-consumer", &group, &topic).unwrap();
+    let got = collect(&mut consumer, keys.len(), Duration::from_secs(60)).await;
+    let used: std::collections::BTreeSet<u32> = got.iter().map(|r| r.partition).collect();
+    assert_eq!(used.len(), 4, "partitions used: {used:?}");
+}

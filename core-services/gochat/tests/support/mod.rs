@@ -185,7 +185,11 @@ pub fn spawn_ready_with_nofile(args: &[&str], env: &[(&str, &str)], nofile: Opti
     let mut child = cmd.spawn().expect("spawn gochat");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
-    let tag = args.first().copied().unwrap_or("").to_owned();
+    // "logic#2": the subcommand and, in a cluster, which one.
+    let mut tag = args.first().copied().unwrap_or("").to_owned();
+    if let Some((_, w)) = env.iter().find(|(k, _)| *k == "GOCHAT_WORKER_ID" || *k == "GOCHAT_GATEWAY__ID") {
+        tag = format!("{tag}#{w}");
+    }
     std::thread::spawn(move || {
         // Keep draining so the process never blocks on a full pipe.
         let mut sent = false;
