@@ -402,9 +402,25 @@ impl GapGuard {
 }
 
 impl<R: AsyncRuntime> KafkaConsumer<R> {
+    /// Add `rec` to `batch`, or, when the gap guard finds offsets missing
+    /// before it, return the (partition, offset) to fetch again from.
+    fn admit(&mut self, rec: Record, batch: &mut Vec<Record>) -> Result<(), (i32, i64)> {
+        let generation = self.inner.context().rebalances.load(Ordering::Acquire);
+        let (partition, offset) = (rec.partition as i32, rec.offset as i64);
+        match self.guard.check(generation, &self.topic, partition, offset) {
+            Next::Take => {
+                self.pending.insert(partition, offset + 1);
+                batch.push(rec);
+                Ok(())
+            }
+            Next::Refetch(at) => Err((partition, at)),
+        }
+    }
+
     /// Pause briefly, then move the partition back to `offset`: librdkafka
     /// drops what it prefetched past it and fetches again from there.
-    async fn refetch(&mut self, topic: &str, partition: i32, offset: i64) {
+    async fn refetch(&mut self, (partition, offset): (i32, i64)) {
+        let topic = self.topic.as_str();
         let tries = self.guard.gap.as_ref().map_or(1, |g| g.2);
         debug!(topic, partition, offset, tries, "offset skipped by the broker; fetching it again");
         R::delay_for(GAP_RETRY_PAUSE * tries).await;
@@ -418,58 +434,31 @@ impl<R: AsyncRuntime + Send + Sync + 'static> Consumer for KafkaConsumer<R> {
     fn next_batch(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Record>, BusError>> {
         Box::pin(async move {
             let mut batch = Vec::new();
-            loop {
-                let refetch = match self.inner.recv().await {
-                    Ok(m) => match self.guard.check(
-                        self.inner.context().rebalances.load(Ordering::Acquire),
-                        m.topic(),
-                        m.partition(),
-                        m.offset(),
-                    ) {
-                        Next::Take => {
-                            self.pending.insert(m.partition(), m.offset() + 1);
-                            batch.push(to_record(&m));
-                            break;
-                        }
-                        Next::Refetch(at) => Some((m.topic().to_owned(), m.partition(), at)),
-                    },
+            while batch.is_empty() {
+                let rec = match self.inner.recv().await {
+                    Ok(m) => to_record(&m),
                     Err(e) => {
                         // Transient broker errors surface here; librdkafka reconnects by itself.
                         warn!(error = %e, "kafka consume error");
                         R::delay_for(Duration::from_millis(100)).await;
-                        None
+                        continue;
                     }
                 };
-                if let Some((topic, partition, at)) = refetch {
-                    self.refetch(&topic, partition, at).await;
+                if let Err(back) = self.admit(rec, &mut batch) {
+                    self.refetch(back).await;
                 }
             }
             // Take whatever is already fetched, without waiting.
             while batch.len() < max {
-                match self.inner.recv().now_or_never() {
-                    Some(Ok(m)) => {
-                        match self.guard.check(
-                            self.inner.context().rebalances.load(Ordering::Acquire),
-                            m.topic(),
-                            m.partition(),
-                            m.offset(),
-                        ) {
-                            Next::Take => {
-                                self.pending.insert(m.partition(), m.offset() + 1);
-                                batch.push(to_record(&m));
-                            }
-                            Next::Refetch(at) => {
-                                let topic = m.topic().to_owned();
-                                let partition = m.partition();
-                                drop(m);
-                                // The batch so far is complete: records are in
-                                // offset order per partition.
-                                self.refetch(&topic, partition, at).await;
-                                break;
-                            }
-                        }
-                    }
+                let rec = match self.inner.recv().now_or_never() {
+                    Some(Ok(m)) => to_record(&m),
                     _ => break,
+                };
+                if let Err(back) = self.admit(rec, &mut batch) {
+                    // The batch so far is complete: records are in offset
+                    // order per partition.
+                    self.refetch(back).await;
+                    break;
                 }
             }
             Ok(batch)
