@@ -313,6 +313,8 @@ async fn offline_push_webhook_retries_until_it_succeeds() {
     let (s, g) =
         call(&srv, Method::POST, "/api/v1/groups", &a_tok, Some(json!({"name": "push", "member_ids": offline}))).await;
     assert_eq!(s, 201);
+    // The creation message must not arrive live ahead of the ack below.
+    srv.wait_first_message(g["conversation_id"].as_str().unwrap(), &a_tok).await;
     let mut ws = srv.connect(&a_tok).await;
     srv.wait_online(&a_tok, &a, 1).await;
     send(&mut ws, json!({"type":"send-message","client_msg_id":"p1","conversation_id":g["conversation_id"],"content_type":"text","content":{"text":"wake up"}})).await;

@@ -128,15 +128,9 @@ async fn scenario() {
         .unwrap();
     assert_eq!(r.status(), 201);
     let cid = r.json::<Value>().await.unwrap()["conversation_id"].as_str().unwrap().to_owned();
-    // The group's creation is stored as seq 1 asynchronously: wait for it, so
-    // nobody connecting below receives it live and every count starts at 2.
-    for _ in 0..200 {
-        let (_, h) = srv.get(&format!("/api/v1/conversations/{cid}/messages"), &alice_tok).await;
-        if h["messages"].as_array().is_some_and(|m| !m.is_empty()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Nobody connecting below receives the creation (seq 1) live: every
+    // count starts at 2.
+    srv.wait_first_message(&cid, &alice_tok).await;
     let mut a = srv.connect(&alice_tok).await;
     let mut slow = connect_slow(&srv, &bob_tok).await;
     let mut fast = srv.connect(&bob_tok).await;

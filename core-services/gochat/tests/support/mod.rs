@@ -128,6 +128,20 @@ impl Server {
         ws
     }
 
+    /// Wait until conversation `cid` has a stored message. A group's
+    /// creation is stored as seq 1 asynchronously; a test that connects
+    /// after it and expects only its own traffic waits for it first.
+    pub async fn wait_first_message(&self, cid: &str, token: &str) {
+        for _ in 0..200 {
+            let (_, h) = self.get(&format!("/api/v1/conversations/{cid}/messages"), token).await;
+            if h["messages"].as_array().is_some_and(|m| !m.is_empty()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("conversation {cid} has no stored message after 4 s");
+    }
+
     /// Wait until logic has registered `n` live connections of `user_id`.
     pub async fn wait_online(&self, token: &str, user_id: &str, n: u64) {
         for _ in 0..200 {
