@@ -3,8 +3,9 @@
 # integration tests that drive real `gochat` processes over real sockets.
 # Idempotent; installs what it needs on a fresh Debian/Ubuntu machine with Rust
 # (cmake and libcurl headers for librdkafka; Node.js and npm for the k6 shim;
-# Python 3 for bench/compare-fanout; MariaDB, Redis and the tansu
-# broker for the integration tests, started privately by deploy/test-services.sh).
+# Python 3 for bench/compare-fanout; cargo-nextest, built once into the tools
+# cache; MariaDB, Redis and Apache Kafka (fetched with Maven, run on Java 17)
+# for the integration tests, started privately by deploy/test-services.sh).
 #
 #   ./test.sh            everything
 #   ./test.sh --quick    skip fmt/clippy
@@ -50,11 +51,16 @@ if [[ $quick -eq 0 ]]; then
   cargo clippy --workspace --all-targets --locked -- -D warnings
 fi
 
-log "tests"
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
-  # nextest does not run doctests
-  cargo test --workspace --locked --doc
-else
-  cargo test --workspace --locked --no-fail-fast
+# The suite runs under nextest (.config/nextest.toml: per-test time limits,
+# broker tests one at a time); built once into the tools cache.
+TOOLS="${GOCHAT_TOOLS_DIR:-$HOME/.cache/gochat-tools}"
+export PATH="$TOOLS/bin:$PATH"
+if ! cargo nextest --version >/dev/null 2>&1; then
+  log "installing cargo-nextest (cargo install --locked, cached in $TOOLS)"
+  cargo install --locked --quiet --root "$TOOLS" cargo-nextest
 fi
+
+log "tests"
+cargo nextest run --workspace --locked --no-fail-fast
+# nextest does not run doctests
+cargo test --workspace --locked --doc

@@ -76,6 +76,9 @@ pub struct GatewayConfig {
     /// Cluster mode: base URL of a logic process's REST API, where the
     /// gateway forwards `/api/*`, `/readyz` and the logic half of `/metrics`.
     pub api_upstream: String,
+    /// Cluster mode: largest REST response the gateway relays from logic;
+    /// a larger one is answered 502 `bad_gateway`.
+    pub max_api_response_bytes: usize,
 }
 
 /// Cluster mode: the Kafka-protocol broker between gateway and logic.
@@ -88,9 +91,15 @@ pub struct KafkaConfig {
     /// still batching bursts.
     pub linger_ms: u32,
     /// How long a fetch may wait for data (`fetch.wait.max.ms`). Apache Kafka
-    /// and Redpanda answer as soon as data arrives; tansu (the test broker)
-    /// always waits the full time, so keep this small.
+    /// and Redpanda answer as soon as data arrives, so a long wait costs no
+    /// latency and keeps idle consumers (one per gateway shard) nearly free.
     pub fetch_wait_max_ms: u32,
+    /// Consumer-group members identify themselves with `group.instance.id`
+    /// = their client id (`logic-{worker_id}`, `task-{worker_id}`): a member
+    /// restarted with the same worker id gets its partitions back at once,
+    /// without a rebalance. Worker ids must then be unique per group (a
+    /// second live process with the same id is fenced by the broker).
+    pub static_membership: bool,
     /// Producer delivery timeout (`message.timeout.ms`).
     pub message_timeout_ms: u32,
     /// Records librdkafka buffers per producer before `QueueFull`
@@ -113,7 +122,8 @@ impl Default for KafkaConfig {
         Self {
             brokers: "127.0.0.1:9092".into(),
             linger_ms: 1,
-            fetch_wait_max_ms: 5,
+            fetch_wait_max_ms: 500,
+            static_membership: true,
             message_timeout_ms: 30_000,
             queue_buffering_max_messages: 100_000,
             replication_factor: 1,
@@ -125,7 +135,7 @@ impl Default for KafkaConfig {
     }
 }
 
-/// Cluster mode: Redis holds sessions, seq counters and dedup entries.
+/// Cluster mode: Redis holds sessions, recent acks (dedup), cached member lists and task claims.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
@@ -257,8 +267,9 @@ pub struct StorageConfig {
     pub database_url: String,
     /// Connection pool size.
     pub max_connections: u32,
-    /// SQLite `synchronous` pragma: "normal" survives process crashes (WAL),
-    /// "full" also survives power loss at some write cost.
+    /// SQLite `synchronous` pragma: "full" (the default) makes an acked
+    /// message survive power loss; "normal" (WAL) survives process crashes
+    /// only, for cheaper commits.
     pub sqlite_synchronous: String,
 }
 
@@ -310,6 +321,7 @@ impl Default for GatewayConfig {
             ring_depth: 4096,
             push_queue_records: 65_536,
             api_upstream: "http://127.0.0.1:8081".into(),
+            max_api_response_bytes: 16 << 20,
         }
     }
 }
@@ -334,7 +346,7 @@ impl Default for LogicConfig {
             max_content_bytes: 64 << 10,
             page_max: 100,
             page_default: 50,
-            dedup_ttl_secs: 7 * 24 * 3600,
+            dedup_ttl_secs: 600,
             http_listen: "127.0.0.1:8081".parse().expect("static addr"),
             group_fanout_threshold: 500,
             max_group_members: 100_000,
@@ -377,7 +389,7 @@ impl Default for ModerationConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { database_url: String::new(), max_connections: 4, sqlite_synchronous: "normal".into() }
+        Self { database_url: String::new(), max_connections: 4, sqlite_synchronous: "full".into() }
     }
 }
 

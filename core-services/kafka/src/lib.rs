@@ -1,7 +1,7 @@
 //! The bus on Kafka (cluster mode): rdkafka implementations of
 //! [`gochat_common::bus::Producer`] and [`gochat_common::bus::Consumer`],
 //! plus topic administration. Only the Kafka protocol is assumed: production
-//! runs Apache Kafka or Redpanda; tests run the tansu broker.
+//! runs Apache Kafka or Redpanda; the tests run Apache Kafka 4 (KRaft).
 //!
 //! The runtime parameter `R` is rdkafka's async runtime: `TokioRuntime` in the
 //! tokio tier, `NaiveRuntime` inside glommio shards (rdkafka's own futures are
@@ -10,7 +10,9 @@
 //!
 //! Settings chosen for chat latency (see [`KafkaConfig`] and
 //! ARCHITECTURE.md): idempotent producer with `acks=all`, `linger.ms` 1,
-//! manual offset commits after processing, a short `fetch.wait.max.ms`.
+//! manual offset commits after processing, Nagle off, long fetch waits (the
+//! broker answers as soon as data arrives), cooperative-sticky rebalancing and
+//! static group membership.
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -60,7 +62,11 @@ impl Kafka {
 
     fn base(&self, client_id: &str) -> ClientConfig {
         let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.cfg.brokers).set("client.id", client_id).set("log_level", "4");
+        c.set("bootstrap.servers", &self.cfg.brokers)
+            .set("client.id", client_id)
+            .set("log_level", "4")
+            // Chat frames are small and latency-bound: no Nagle delay on broker sockets.
+            .set("socket.nagle.disable", "true");
         c
     }
 
@@ -95,6 +101,16 @@ impl Kafka {
         c
     }
 
+    /// A group member's settings: [`Self::consumer_config`] plus static
+    /// membership (`group.instance.id` = the client id) when configured.
+    fn member_config(&self, client_id: &str, group: &str) -> ClientConfig {
+        let mut c = self.consumer_config(client_id, group);
+        if self.cfg.static_membership {
+            c.set("group.instance.id", client_id);
+        }
+        c
+    }
+
     /// A producer for runtime `R`.
     pub fn producer<R: AsyncRuntime>(&self, client_id: &str) -> Result<KafkaProducer<R>, BusError> {
         let inner: FutureProducer<DefaultClientContext, R> =
@@ -110,7 +126,7 @@ impl Kafka {
         topic: &str,
     ) -> Result<KafkaConsumer<R>, BusError> {
         let inner: StreamConsumer<GroupContext, R> =
-            self.consumer_config(client_id, group).create_with_context(GroupContext::default()).map_err(broker_err)?;
+            self.member_config(client_id, group).create_with_context(GroupContext::default()).map_err(broker_err)?;
         inner.subscribe(&[topic]).map_err(broker_err)?;
         Ok(KafkaConsumer::new(inner, topic, true, None))
     }

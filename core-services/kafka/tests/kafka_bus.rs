@@ -1,4 +1,4 @@
-//! The Kafka bus against a real Kafka-protocol broker (tansu, started by
+//! The Kafka bus against a real broker (Apache Kafka, started by
 //! deploy/test-services.sh; GOCHAT_TEST_KAFKA_BROKERS overrides the address).
 //! These tests fail, never skip, when the broker is missing.
 
