@@ -128,6 +128,79 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Why a request-target is not forwarded to the tokio tier.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TargetError {
+    /// Not a clean origin-form target (RFC 9112 section 3.2.1): absolute-form,
+    /// authority-form, `//host`, backslashes, dot segments, encoded slashes,
+    /// control or non-ASCII bytes. Answered 400.
+    #[error("request target must be an origin-form path without dot segments, encoded slashes or backslashes")]
+    NotOriginForm,
+    /// A clean path the API does not own. Answered 404.
+    #[error("no such endpoint")]
+    NotApi,
+}
+
+/// The paths the gateway forwards to the tokio tier.
+pub fn is_api_path(path: &str) -> bool {
+    path.starts_with("/api/") || path == "/readyz"
+}
+
+/// Check a request-target before it is forwarded: it must be a clean
+/// origin-form target (`/path?query`) under a path the API owns. The upstream
+/// URL is then built from it with a URL type (never by concatenation), so no
+/// target can name another host, port, scheme or userinfo.
+pub fn api_target(target: &str) -> Result<(&str, Option<&str>), TargetError> {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let b = path.as_bytes();
+    if b.first() != Some(&b'/') || b.get(1) == Some(&b'/') {
+        return Err(TargetError::NotOriginForm);
+    }
+    // Visible ASCII only, no fragment, no backslash (some URL parsers read it as '/').
+    let clean = |s: &str| s.bytes().all(|c| c.is_ascii_graphic() && c != b'\\' && c != b'#');
+    if !clean(path) || !query.is_none_or(clean) {
+        return Err(TargetError::NotOriginForm);
+    }
+    for segment in path.split('/').skip(1) {
+        let decoded = percent_decode_bytes(segment.as_bytes());
+        if decoded == b"."
+            || decoded == b".."
+            || decoded.iter().any(|&c| c == b'/' || c == b'\\' || c < 0x20 || c == 0x7f)
+        {
+            return Err(TargetError::NotOriginForm);
+        }
+    }
+    if !is_api_path(path) {
+        return Err(TargetError::NotApi);
+    }
+    Ok((path, query))
+}
+
+/// `%XX` decoding only (no `+`): how a path segment is read.
+fn percent_decode_bytes(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = (b[i] == b'%' && i + 2 < b.len())
+            .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .flatten();
+        match hex {
+            Some(v) => {
+                out.push(v);
+                i += 3;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// Why an upgrade request is refused (HTTP 400 / 426).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UpgradeError {
@@ -278,6 +351,43 @@ mod tests {
             websocket_accept(&h("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n")),
             Err(UpgradeError::BadKey)
         );
+    }
+
+    #[test]
+    fn api_targets_are_clean_origin_form_under_the_api() {
+        assert_eq!(api_target("/api/v1/users/me"), Ok(("/api/v1/users/me", None)));
+        assert_eq!(api_target("/readyz"), Ok(("/readyz", None)));
+        assert_eq!(
+            api_target("/api/v1/conversations/s_1_2/messages?after_seq=0&limit=5"),
+            Ok(("/api/v1/conversations/s_1_2/messages", Some("after_seq=0&limit=5")))
+        );
+        assert_eq!(api_target("/api/v1/a%20b"), Ok(("/api/v1/a%20b", None)));
+        for bad in [
+            "@127.0.0.1:9/x",
+            "@169.254.169.254/latest/meta-data/",
+            "http://127.0.0.1:9/api/v1/x",
+            "127.0.0.1:9",
+            "//127.0.0.1:9/api/v1/x",
+            "/\\127.0.0.1:9/api/",
+            "/api\\..\\x",
+            "/api/../x",
+            "/api/./x",
+            "/api/%2e%2e/x",
+            "/api/%2E%2e/%2e%2e/readyz",
+            "/api/v1%2f..%2f..%2fx",
+            "/api/v1%5c..",
+            "/api/v1/%00",
+            "/api/v1/x#frag",
+            "/api/v1/x?a=b#frag",
+            "/api/v1/\u{e9}",
+            "*",
+            "",
+        ] {
+            assert_eq!(api_target(bad), Err(TargetError::NotOriginForm), "{bad:?}");
+        }
+        for elsewhere in ["/", "/apix", "/api", "/latest/meta-data/", "/readyz/x", "/%61pi/v1/x"] {
+            assert_eq!(api_target(elsewhere), Err(TargetError::NotApi), "{elsewhere:?}");
+        }
     }
 
     #[test]

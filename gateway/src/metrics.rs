@@ -35,6 +35,9 @@ pub struct ShardMetrics {
     pub outbound_queued_bytes: Gauge,
     pub idle_closes: Counter,
     pub http_requests: Counter,
+    /// HTTP requests refused with 400 because their target was not a clean
+    /// origin-form path (never forwarded).
+    pub http_bad_targets: Counter,
 }
 
 impl ShardMetrics {
@@ -83,6 +86,12 @@ pub fn render(gateway_id: &str, shards: &[std::sync::Arc<ShardMetrics>], enc: &m
         ("gochat_gateway_protocol_errors_total", "counter", "connections closed for a protocol violation", |m| {
             m.protocol_errors.get()
         }),
+        (
+            "gochat_gateway_http_bad_targets_total",
+            "counter",
+            "HTTP requests refused with 400 for a request-target that is not a clean origin-form path",
+            |m| m.http_bad_targets.get(),
+        ),
         ("gochat_gateway_client_errors_total", "counter", "error frames sent for invalid client messages", |m| {
             m.client_errors.get()
         }),

@@ -360,12 +360,19 @@ async fn route(shard: &Shard, head: &RequestHead, body: Bytes, keep_alive: bool)
             }
             http::response(200, "text/plain; version=0.0.4", &[], &text, keep_alive)
         }
-        _ => {
-            let headers = head.headers.iter().filter(|(n, _)| !is_hop_by_hop(n)).cloned().collect();
-            let req = ApiRequest { method: head.method.clone(), target: head.target.clone(), headers, body };
-            let resp = shard.api.call(req).await;
-            http::response(resp.status, resp.content_type(), &resp.headers, &resp.body, keep_alive)
-        }
+        _ => match http::api_target(&head.target) {
+            Ok(_) => {
+                let headers = head.headers.iter().filter(|(n, _)| !is_hop_by_hop(n)).cloned().collect();
+                let req = ApiRequest { method: head.method.clone(), target: head.target.clone(), headers, body };
+                let resp = shard.api.call(req).await;
+                http::response(resp.status, resp.content_type(), &resp.headers, &resp.body, keep_alive)
+            }
+            Err(e @ http::TargetError::NotApi) => http::error_response(404, "not_found", &e.to_string(), keep_alive),
+            Err(e) => {
+                shard.metrics.http_bad_targets.inc();
+                http::error_response(400, "bad_request", &e.to_string(), keep_alive)
+            }
+        },
     }
 }
 

@@ -95,20 +95,87 @@ impl ShardBus for KafkaShardBus {
 
 /// REST forwarded to a logic process over HTTP/1.1 (the gateway's own tokio
 /// runtime drives the client; the shard awaits a oneshot).
+///
+/// The shard forwards only clean origin-form targets under the API's paths
+/// ([`gochat_gateway::http::api_target`]); the upstream URL is the configured
+/// base with that path and query set through [`reqwest::Url`], so a target can
+/// never choose the host, port, scheme or userinfo. Redirects are not
+/// followed and the response body is capped.
 struct HttpApi {
     client: reqwest::Client,
-    base: String,
+    base: reqwest::Url,
+    max_response_bytes: usize,
     runtime: tokio::runtime::Handle,
+}
+
+impl HttpApi {
+    fn new(cfg: &Config, runtime: tokio::runtime::Handle) -> anyhow::Result<Self> {
+        let base = upstream_base(&cfg.gateway.api_upstream)?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self { client, base, max_response_bytes: cfg.gateway.max_api_response_bytes, runtime })
+    }
+
+    /// The upstream URL of a request-target; None for one the shard should
+    /// not have forwarded. `/metrics` is the shard's own scrape of logic.
+    fn url(&self, target: &str) -> Option<reqwest::Url> {
+        let (path, query) = match target {
+            "/metrics" => ("/metrics", None),
+            t => gochat_gateway::http::api_target(t).ok()?,
+        };
+        let mut url = self.base.clone();
+        url.set_path(path);
+        url.set_query(query);
+        (url.host() == self.base.host() && url.port() == self.base.port()).then_some(url)
+    }
+}
+
+/// `gateway.api_upstream` as a URL: http(s), a host, no path, query or userinfo.
+fn upstream_base(raw: &str) -> anyhow::Result<reqwest::Url> {
+    let url = reqwest::Url::parse(raw).with_context(|| format!("gateway.api_upstream {raw:?} is not a URL"))?;
+    anyhow::ensure!(
+        matches!(url.scheme(), "http" | "https")
+            && url.host().is_some()
+            && url.username().is_empty()
+            && url.password().is_none()
+            && matches!(url.path(), "" | "/")
+            && url.query().is_none()
+            && url.fragment().is_none(),
+        "gateway.api_upstream {raw:?} must be http(s)://host[:port] with no path, query or credentials"
+    );
+    Ok(url)
+}
+
+/// Read a response body, refusing one larger than `max` bytes.
+async fn capped_body(mut resp: reqwest::Response, max: usize) -> Result<bytes::Bytes, String> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(format!("upstream response larger than {max} bytes"));
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > max {
+            return Err(format!("upstream response larger than {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 impl ApiBackend for HttpApi {
     fn call(&self, req: ApiRequest) -> BoxFuture<'static, ApiResponse> {
+        let Some(url) = self.url(&req.target) else {
+            let resp = error_response(400, "bad_request", "request target is not forwarded");
+            return Box::pin(async move { resp });
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let client = self.client.clone();
-        let url = format!("{}{}", self.base, req.target);
+        let max = self.max_response_bytes;
         self.runtime.spawn(async move {
             let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::GET);
-            let mut rb = client.request(method, &url).body(req.body);
+            let mut rb = client.request(method, url).body(req.body);
             for (k, v) in &req.headers {
                 if k != "host" && k != "content-length" {
                     rb = rb.header(k.as_str(), v.as_slice());
@@ -123,9 +190,9 @@ impl ApiBackend for HttpApi {
                         .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
                         .filter(|(k, _)| k != "content-length" && k != "transfer-encoding" && k != "connection")
                         .collect();
-                    match r.bytes().await {
+                    match capped_body(r, max).await {
                         Ok(body) => ApiResponse { status, headers, body },
-                        Err(e) => error_response(502, "bad_gateway", &e.to_string()),
+                        Err(e) => error_response(502, "bad_gateway", &e),
                     }
                 }
                 Err(e) => error_response(503, "unavailable", &format!("logic unreachable: {e}")),
@@ -181,11 +248,7 @@ pub fn run_gateway(cfg: Config) -> anyhow::Result<()> {
         })
         .context("preparing kafka topics")?;
 
-    let api = Arc::new(HttpApi {
-        client: reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(64).build()?,
-        base: cfg.gateway.api_upstream.trim_end_matches('/').to_owned(),
-        runtime: runtime.handle().clone(),
-    });
+    let api = Arc::new(HttpApi::new(&cfg, runtime.handle().clone())?);
     let bus = Arc::new(KafkaShardBus { kafka, gateway_id: cfg.gateway.id.clone(), push_topic });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let gateway = Gateway::start(settings, cfg.listen, GatewayDeps { bus, jwt, api }, shutdown_rx)?;

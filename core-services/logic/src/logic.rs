@@ -2,15 +2,15 @@
 //! into stored, sequenced, acknowledged and delivered messages.
 //!
 //! Order of effects per batch (the at-least-once-in, exactly-once-effect
-//! contract): dedup -> seq -> persist -> ack + push -> commit. A failure
-//! before persist leaves nothing behind (seq counters are reset so no gap is
-//! left); the batch is retried, and dedup turns any redelivery into the
-//! original ack.
+//! contract): validate -> append (dedup + seq + persist, in one database
+//! transaction) -> ack + push -> commit. A failure before the append's
+//! commit leaves nothing behind; the batch is retried, and the append turns
+//! any redelivery into the original ack. The send stages are in [`send`].
 
 use crate::fanout::{self, Outbound};
 use crate::frames;
-use crate::moderation::{Moderator, Verdict};
-use crate::session::{AckRecord, Session, SessionStore, SessionStoreError};
+use crate::moderation::Moderator;
+use crate::session::{Session, SessionStore, SessionStoreError};
 use bytes::Bytes;
 use gochat_common::bus::{BusError, Consumer, Producer, Record, Topics};
 use gochat_common::config::{LogicConfig, TaskConfig};
@@ -20,12 +20,15 @@ use gochat_common::metrics::{Counter, TextEncoder};
 use gochat_proto::bus::{self, session_event, KafkaMessage};
 use gochat_proto::task as tasks;
 use gochat_proto::{kind, Message};
-use gochat_repo::{RepoError, Store, StoredMessage};
+use gochat_repo::{Appended, NewMessage, RepoError, Store, StoredMessage};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{debug, error, info, warn, Instrument};
+
+mod send;
+pub use send::RESERVED_CLIENT_MSG_ID_PREFIX;
 
 /// Content types protocol v1 accepts.
 pub const CONTENT_TYPES: [&str; 3] = ["text", "image", "file"];
@@ -133,21 +136,6 @@ pub struct Logic {
 }
 
 const KNOWN_USERS_CAP: usize = 1 << 20;
-
-/// A send that survived validation and is waiting for its seq.
-struct Accepted {
-    trace_id: String,
-    origin: bus::ConnRef,
-    sender_id: u64,
-    /// The other participant of a 1:1 conversation (0 for a group).
-    peer_id: u64,
-    /// A group's members, ascending (None for 1:1).
-    group: Option<(u64, Arc<[u64]>)>,
-    client_msg_id: String,
-    conversation_id: String,
-    content_type: String,
-    content: String,
-}
 
 fn session_of(c: &bus::ConnRef) -> Session {
     Session { gateway_id: c.gateway_id.as_str().into(), shard: c.shard, conn_id: c.conn_id }
@@ -356,408 +344,7 @@ impl Logic {
         out.push(Outbound::to_conn(origin, sender, frames::error(code, message, reference)));
     }
 
-    fn ack_to(out: &mut Vec<Outbound>, origin: &bus::ConnRef, sender: u64, client_msg_id: &str, ack: &AckRecord) {
-        let frame = frames::message_ack(client_msg_id, ack.msg_id, &ack.conversation_id, ack.seq, ack.ts);
-        out.push(Outbound::to_conn(origin, sender, frame));
-    }
-
-    async fn process_sends(&self, batch: &[(String, bus::SendMessage)]) -> Result<(), LogicError> {
-        let mut out: Vec<Outbound> = Vec::new();
-        let mut accepted: Vec<Accepted> = Vec::with_capacity(batch.len());
-        // Member lists looked up in this batch, per group.
-        let mut members_of: HashMap<u64, Arc<[u64]>> = HashMap::new();
-
-        // 1. Resolve and check each send.
-        for (trace_id, s) in batch {
-            self.metrics.sends.inc();
-            let Some(origin) = s.origin.clone() else {
-                warn!(trace_id = %trace_id, "send without origin connection skipped");
-                continue;
-            };
-            let cmid = s.client_msg_id.as_str();
-            let cid = if s.to_user_id != 0 {
-                ConversationId::single(s.sender_id, s.to_user_id)
-            } else {
-                ConversationId::parse(&s.conversation_id)
-            };
-            let cid = match cid {
-                Ok(c) => c,
-                Err(e) => {
-                    self.reject(&mut out, &origin, s.sender_id, "invalid_conversation", &e.to_string(), Some(cmid));
-                    continue;
-                }
-            };
-            let mut group = None;
-            let peer_id = match cid {
-                ConversationId::Group(gid) => {
-                    let members = match members_of.get(&gid) {
-                        Some(m) => m.clone(),
-                        None => {
-                            let m = self.members(gid).await?;
-                            members_of.insert(gid, m.clone());
-                            m
-                        }
-                    };
-                    if members.is_empty() {
-                        let why = "no such group";
-                        self.reject(&mut out, &origin, s.sender_id, "unknown_conversation", why, Some(cmid));
-                        continue;
-                    }
-                    if members.binary_search(&s.sender_id).is_err() {
-                        let why = "you are not a member of this group";
-                        self.reject(&mut out, &origin, s.sender_id, "not_member", why, Some(cmid));
-                        continue;
-                    }
-                    group = Some((gid, members));
-                    0
-                }
-                ConversationId::Single { .. } => match cid.peer_of(s.sender_id) {
-                    Some(p) => p,
-                    None => {
-                        self.reject(
-                            &mut out,
-                            &origin,
-                            s.sender_id,
-                            "not_member",
-                            "you are not a member of this conversation",
-                            Some(cmid),
-                        );
-                        continue;
-                    }
-                },
-            };
-            if !CONTENT_TYPES.contains(&s.content_type.as_str())
-                || s.content.len() > self.cfg.max_content_bytes
-                || cmid.is_empty()
-            {
-                self.reject(
-                    &mut out,
-                    &origin,
-                    s.sender_id,
-                    "invalid_message",
-                    "content_type, content or client_msg_id is invalid",
-                    Some(cmid),
-                );
-                continue;
-            }
-            let Ok(content) = String::from_utf8(s.content.to_vec()) else {
-                self.reject(&mut out, &origin, s.sender_id, "invalid_message", "content is not UTF-8", Some(cmid));
-                continue;
-            };
-            accepted.push(Accepted {
-                trace_id: trace_id.clone(),
-                origin,
-                sender_id: s.sender_id,
-                peer_id,
-                group,
-                client_msg_id: s.client_msg_id.clone(),
-                conversation_id: cid.to_string(),
-                content_type: s.content_type.clone(),
-                content,
-            });
-        }
-
-        // 2. Peers must exist.
-        let unknown: Vec<u64> = {
-            let known = self.known_users.lock().expect("known users lock");
-            let mut v: Vec<u64> = accepted
-                .iter()
-                .filter(|a| a.group.is_none())
-                .map(|a| a.peer_id)
-                .filter(|p| !known.contains(p))
-                .collect();
-            v.sort_unstable();
-            v.dedup();
-            v
-        };
-        if !unknown.is_empty() {
-            let found = self.store.existing_users(&unknown).await?;
-            let mut known = self.known_users.lock().expect("known users lock");
-            if known.len() + found.len() > KNOWN_USERS_CAP {
-                known.clear();
-            }
-            known.extend(found);
-            let mut kept = Vec::with_capacity(accepted.len());
-            for a in accepted {
-                if a.group.is_some() || known.contains(&a.peer_id) {
-                    kept.push(a);
-                } else {
-                    self.reject(
-                        &mut out,
-                        &a.origin,
-                        a.sender_id,
-                        "unknown_user",
-                        "the recipient does not exist",
-                        Some(&a.client_msg_id),
-                    );
-                }
-            }
-            accepted = kept;
-        }
-
-        // 2b. Moderation, before anything is stored.
-        if self.moderator.is_enabled() {
-            let verdicts = futures_util::future::join_all(
-                accepted
-                    .iter()
-                    .map(|a| self.moderator.check(a.sender_id, &a.conversation_id, &a.content_type, &a.content)),
-            )
-            .await;
-            let mut kept = Vec::with_capacity(accepted.len());
-            for (a, v) in accepted.into_iter().zip(verdicts) {
-                match v {
-                    Verdict::Allow => kept.push(a),
-                    Verdict::Flag(reason) => {
-                        self.metrics.moderation_flagged.inc();
-                        warn!(sender_id = a.sender_id, conversation_id = %a.conversation_id, client_msg_id = %a.client_msg_id, reason = %reason, "message flagged by moderation");
-                        kept.push(a);
-                    }
-                    Verdict::Reject(reason) => {
-                        self.metrics.moderation_rejected.inc();
-                        self.reject(
-                            &mut out,
-                            &a.origin,
-                            a.sender_id,
-                            "message_rejected",
-                            &reason,
-                            Some(&a.client_msg_id),
-                        );
-                    }
-                }
-            }
-            accepted = kept;
-        }
-
-        // 3. Deduplicate: within the batch, against the fast store, then against the database.
-        let mut fresh: Vec<Accepted> = Vec::with_capacity(accepted.len());
-        let mut in_batch: HashMap<(u64, String), usize> = HashMap::new();
-        // Later copies of a (sender, client_msg_id) first seen in this batch.
-        let mut repeats: Vec<Accepted> = Vec::new();
-        let mut db_check: Vec<Accepted> = Vec::new();
-        for a in accepted {
-            let key = (a.sender_id, a.client_msg_id.clone());
-            if in_batch.contains_key(&key) {
-                repeats.push(a);
-                continue;
-            }
-            if let Some(ack) = self.sessions.dedup_get(a.sender_id, &a.client_msg_id).await? {
-                self.metrics.duplicates.inc();
-                Self::ack_to(&mut out, &a.origin, a.sender_id, &a.client_msg_id, &ack);
-                continue;
-            }
-            in_batch.insert(key, usize::MAX);
-            db_check.push(a);
-        }
-        if !db_check.is_empty() {
-            let keys: Vec<(u64, String)> = db_check.iter().map(|a| (a.sender_id, a.client_msg_id.clone())).collect();
-            let stored: HashMap<(u64, String), StoredMessage> = self
-                .store
-                .messages_by_client_ids(&keys)
-                .await?
-                .into_iter()
-                .map(|m| ((m.sender_id, m.client_msg_id.clone()), m))
-                .collect();
-            for a in db_check {
-                let key = (a.sender_id, a.client_msg_id.clone());
-                if let Some(m) = stored.get(&key) {
-                    self.metrics.duplicates.inc();
-                    let ack = AckRecord {
-                        msg_id: m.msg_id,
-                        conversation_id: m.conversation_id.clone(),
-                        seq: m.seq,
-                        ts: m.created_at,
-                    };
-                    self.sessions.dedup_put(a.sender_id, &a.client_msg_id, &ack, self.dedup_ttl()).await?;
-                    Self::ack_to(&mut out, &a.origin, a.sender_id, &a.client_msg_id, &ack);
-                    in_batch.remove(&key);
-                } else {
-                    in_batch.insert(key, fresh.len());
-                    fresh.push(a);
-                }
-            }
-        }
-        // Repeats whose first copy was answered from a store: answer them the same way.
-        let mut repeats_of_fresh = Vec::new();
-        for a in repeats {
-            let key = (a.sender_id, a.client_msg_id.clone());
-            match in_batch.get(&key) {
-                Some(&j) if j != usize::MAX => repeats_of_fresh.push((j, a)),
-                _ => {
-                    if let Some(ack) = self.sessions.dedup_get(a.sender_id, &a.client_msg_id).await? {
-                        self.metrics.duplicates.inc();
-                        Self::ack_to(&mut out, &a.origin, a.sender_id, &a.client_msg_id, &ack);
-                    }
-                }
-            }
-        }
-
-        // 4. Sequence: reserve a contiguous range per conversation.
-        let now = gochat_common::now_ms();
-        let mut per_conv: Vec<(String, u64)> = Vec::new();
-        for a in &fresh {
-            match per_conv.iter_mut().find(|(c, _)| *c == a.conversation_id) {
-                Some((_, n)) => *n += 1,
-                None => per_conv.push((a.conversation_id.clone(), 1)),
-            }
-        }
-        let mut next_seq = match self.reserve_all(&per_conv).await {
-            Ok(m) => m,
-            Err(e) => {
-                self.deliver(out).await;
-                return Err(e);
-            }
-        };
-        let rows: Vec<StoredMessage> = fresh
-            .iter()
-            .map(|a| {
-                let seq = next_seq.get_mut(&a.conversation_id).expect("reserved above");
-                let row = StoredMessage {
-                    msg_id: self.ids.next_id(),
-                    conversation_id: a.conversation_id.clone(),
-                    seq: *seq,
-                    sender_id: a.sender_id,
-                    client_msg_id: a.client_msg_id.clone(),
-                    content_type: a.content_type.clone(),
-                    content: a.content.clone(),
-                    created_at: now,
-                };
-                *seq += 1;
-                row
-            })
-            .collect();
-
-        // 5. Persist. On failure, forget the counters so the retry re-reads max(seq): no gaps.
-        if let Err(e) = self.store.insert_messages(&rows).await {
-            for (cid, _) in &per_conv {
-                let _ = self.sessions.reset_seq(cid).await;
-            }
-            // Rejections computed so far are still valid answers; deliver them.
-            self.deliver(out).await;
-            return Err(e.into());
-        }
-        self.metrics.persisted.add(rows.len() as u64);
-
-        // 6. Remember acks, ack senders, fan out: 1:1 and small groups here,
-        //    large groups through the task tier.
-        let threshold = self.cfg.group_fanout_threshold;
-        let mut users: Vec<u64> = Vec::new();
-        for a in &fresh {
-            match &a.group {
-                None => users.extend([a.sender_id, a.peer_id]),
-                Some((_, m)) if m.len() <= threshold => users.extend(m.iter().copied()),
-                Some(_) => {}
-            }
-        }
-        users.sort_unstable();
-        users.dedup();
-        // From here on the batch is stored: a failure may cost live delivery
-        // (recipients catch up by sync) but must not make the batch retry.
-        let sessions = self.sessions.sessions(&users).await.unwrap_or_else(|e| {
-            warn!(error = %e, "session lookup failed; recipients will catch up by sync");
-            Vec::new()
-        });
-        let mut by_user: HashMap<u64, Vec<&Session>> = HashMap::new();
-        for (uid, s) in &sessions {
-            by_user.entry(*uid).or_default().push(s);
-        }
-        for (a, row) in fresh.iter().zip(&rows) {
-            let ack = AckRecord {
-                msg_id: row.msg_id,
-                conversation_id: row.conversation_id.clone(),
-                seq: row.seq,
-                ts: row.created_at,
-            };
-            if let Err(e) = self.sessions.dedup_put(a.sender_id, &a.client_msg_id, &ack, self.dedup_ttl()).await {
-                // The database's unique key still deduplicates a retry.
-                warn!(error = %e, "dedup entry not stored");
-            }
-            Self::ack_to(&mut out, &a.origin, a.sender_id, &a.client_msg_id, &ack);
-            let origin = session_of(&a.origin);
-            let frame = frames::new_message(row);
-            let recipients: &[u64] = match &a.group {
-                Some((gid, members)) if members.len() > threshold => {
-                    // The ack above goes out now; the fan-out happens in the task tier.
-                    let task = bus::FanoutTask {
-                        conversation_id: row.conversation_id.clone(),
-                        group_id: *gid,
-                        msg_id: row.msg_id,
-                        seq: row.seq,
-                        sender_id: a.sender_id,
-                        origin: Some(a.origin.clone()),
-                        frame,
-                        content_type: row.content_type.clone(),
-                        preview: preview(&row.content_type, &row.content),
-                        ts: row.created_at,
-                        also_notify: Vec::new(),
-                    };
-                    self.metrics.fanout_delegated.inc();
-                    self.produce_task(tasks::FANOUT, &row.conversation_id, row.msg_id, &a.trace_id, task).await;
-                    continue;
-                }
-                Some((_, members)) => members,
-                None => &[a.peer_id, a.sender_id][..],
-            };
-            self.metrics.fanout_inline.inc();
-            let before = out.len();
-            let sessions = recipients.iter().flat_map(|u| by_user.get(u).into_iter().flatten().map(move |s| (*u, *s)));
-            fanout::plan(&frame, sessions, Some(&origin), self.task_cfg.max_push_recipients, &mut out);
-            debug!(trace_id = %a.trace_id, msg_id = row.msg_id, conversation_id = %row.conversation_id, seq = row.seq, pushes = out.len() - before, "message persisted");
-            if self.offline_push_enabled() {
-                let offline: Vec<u64> =
-                    recipients.iter().copied().filter(|u| *u != a.sender_id && !by_user.contains_key(u)).collect();
-                self.offline_push(&PushSource::from(row), offline, &a.trace_id).await;
-            }
-        }
-        for (j, a) in repeats_of_fresh {
-            self.metrics.duplicates.inc();
-            let row = &rows[j];
-            let ack = AckRecord {
-                msg_id: row.msg_id,
-                conversation_id: row.conversation_id.clone(),
-                seq: row.seq,
-                ts: row.created_at,
-            };
-            Self::ack_to(&mut out, &a.origin, a.sender_id, &a.client_msg_id, &ack);
-        }
-        self.deliver(out).await;
-        Ok(())
-    }
-
-    /// Reserve a contiguous seq range per conversation; returns the first seq
-    /// of each range. On any failure every counter touched is reset, so the
-    /// retry re-reads MAX(seq) from the database and no seq is skipped.
-    async fn reserve_all(&self, per_conv: &[(String, u64)]) -> Result<HashMap<String, u64>, LogicError> {
-        let mut next_seq = HashMap::with_capacity(per_conv.len());
-        for (cid, n) in per_conv {
-            match self.reserve(cid, *n).await {
-                Ok(last) => {
-                    next_seq.insert(cid.clone(), last + 1 - n);
-                }
-                Err(e) => {
-                    for (touched, _) in per_conv {
-                        let _ = self.sessions.reset_seq(touched).await;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(next_seq)
-    }
-
-    async fn reserve(&self, cid: &str, n: u64) -> Result<u64, LogicError> {
-        if let Some(last) = self.sessions.reserve_seqs(cid, n).await? {
-            return Ok(last);
-        }
-        let max = self.store.max_seq(cid).await?;
-        self.sessions.init_seq(cid, max).await?;
-        Ok(self
-            .sessions
-            .reserve_seqs(cid, n)
-            .await?
-            .ok_or_else(|| SessionStoreError::Unavailable(format!("seq counter for {cid} vanished after init")))?)
-    }
-
-    fn dedup_ttl(&self) -> Duration {
+    pub(crate) fn dedup_ttl(&self) -> Duration {
         Duration::from_secs(self.cfg.dedup_ttl_secs)
     }
 
@@ -907,27 +494,23 @@ impl Logic {
     /// Store a membership event as a `system` message and deliver it.
     async fn handle_system(&self, ev: bus::SystemEvent) -> Result<(), LogicError> {
         let cid = ConversationId::Group(ev.group_id).to_string();
-        let client_msg_id = format!("sys:{}", ev.event_id);
-        if !self.store.messages_by_client_ids(&[(ev.actor_id, client_msg_id.clone())]).await?.is_empty() {
-            return Ok(()); // a redelivered event, already stored
-        }
+        let client_msg_id = format!("{}{}", send::RESERVED_CLIENT_MSG_ID_PREFIX, ev.event_id);
         let user_ids: Vec<String> = ev.user_ids.iter().map(u64::to_string).collect();
         let content = json!({"event": ev.event, "user_ids": user_ids}).to_string();
-        let seq = self.reserve_all(&[(cid.clone(), 1)]).await?[&cid];
-        let row = StoredMessage {
+        let msg = NewMessage {
             msg_id: self.ids.next_id(),
             conversation_id: cid.clone(),
-            seq,
             sender_id: ev.actor_id,
             client_msg_id,
             content_type: "system".into(),
             content,
             created_at: if ev.at_ms > 0 { ev.at_ms } else { gochat_common::now_ms() },
         };
-        if let Err(e) = self.store.insert_messages(std::slice::from_ref(&row)).await {
-            let _ = self.sessions.reset_seq(&cid).await;
-            return Err(e.into());
-        }
+        let appended = self.store.append_messages(std::slice::from_ref(&msg)).await?;
+        let Some(Appended { message: row, fresh: true }) = appended.into_iter().next() else {
+            return Ok(()); // a redelivered event, already stored
+        };
+        let seq = row.seq;
         self.metrics.system_messages.inc();
         self.metrics.persisted.inc();
         let frame = frames::new_message(&row);

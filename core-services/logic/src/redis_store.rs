@@ -6,36 +6,23 @@
 //! - `gateway_sessions:{gateway_id}`: SET of `"{uid}|{shard}|{conn_id}"`, the
 //!   reverse index that lets [`SessionStore::purge_gateway`] drop a restarted
 //!   gateway's sessions; kept in step with the hashes by MULTI/EXEC;
-//! - `conv_seq:{cid}`: integer, the last seq handed out. [`reserve_seqs`] only
-//!   increments an existing counter (Lua), so a Redis that lost its data
-//!   answers "unknown" and logic re-initialises from the database's MAX(seq):
-//!   never a duplicate seq;
 //! - `msg_dedup:{uid}:{client_msg_id}`: `"{msg_id}|{seq}|{ts}|{conversation_id}"`,
 //!   with a TTL.
 //!
 //! One [`ConnectionManager`] (a multiplexed connection that reconnects by
-//! itself) carries every request. Idempotent requests are retried once when
-//! the connection was lost; `reserve_seqs` is not (a lost reply may hide an
-//! increment that already happened), its error goes back to the caller.
-//!
-//! [`reserve_seqs`]: SessionStore::reserve_seqs
+//! itself) carries every request; every request is idempotent and retried
+//! once when the connection was lost. (Seq counters live in the database, so
+//! a Redis that lost its data costs live sessions and cached acks, never a
+//! seq.)
 
 use crate::session::{AckRecord, Session, SessionStore, SessionStoreError};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{FromRedisValue, RedisError, RedisResult, Script};
+use redis::{FromRedisValue, RedisError, RedisResult};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, warn};
-
-/// Increment the counter only if it exists; nil tells the caller to initialise it.
-const RESERVE_SEQS_LUA: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return redis.call('INCRBY', KEYS[1], ARGV[1])
-end
-return false
-";
 
 /// Members of `gateway_sessions:{gw}` handled per SSCAN step / MULTI in a purge.
 const PURGE_BATCH: usize = 1000;
@@ -50,7 +37,6 @@ const RECONNECT_MAX_DELAY_MS: u64 = 1_000;
 pub struct RedisSessionStore {
     conn: ConnectionManager,
     prefix: Arc<str>,
-    reserve_seqs: Arc<Script>,
 }
 
 impl std::fmt::Debug for RedisSessionStore {
@@ -71,7 +57,7 @@ impl RedisSessionStore {
             .set_number_of_retries(CONNECT_RETRIES)
             .set_max_delay(RECONNECT_MAX_DELAY_MS);
         let conn = ConnectionManager::new_with_config(client, config).await.map_err(|e| unavailable("connect", e))?;
-        Ok(Self { conn, prefix: key_prefix.into(), reserve_seqs: Arc::new(Script::new(RESERVE_SEQS_LUA)) })
+        Ok(Self { conn, prefix: key_prefix.into() })
     }
 
     fn session_key(&self, user_id: u64) -> String {
@@ -80,10 +66,6 @@ impl RedisSessionStore {
 
     fn gateway_key(&self, gateway_id: &str) -> String {
         format!("{}gateway_sessions:{gateway_id}", self.prefix)
-    }
-
-    fn seq_key(&self, conversation_id: &str) -> String {
-        format!("{}conv_seq:{conversation_id}", self.prefix)
     }
 
     fn dedup_key(&self, sender_id: u64, client_msg_id: &str) -> String {
@@ -290,40 +272,6 @@ impl SessionStore for RedisSessionStore {
         }
     }
 
-    async fn reserve_seqs(&self, conversation_id: &str, n: u64) -> Result<Option<u64>, SessionStoreError> {
-        let by =
-            i64::try_from(n).map_err(|_| SessionStoreError::Unavailable(format!("cannot reserve {n} seqs at once")))?;
-        let mut conn = self.conn.clone();
-        // Not retried: the increment may have happened before the connection dropped.
-        let last: Option<i64> = self
-            .reserve_seqs
-            .key(self.seq_key(conversation_id))
-            .arg(by)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable("reserve_seqs", e))?;
-        last.map(|v| {
-            u64::try_from(v).map_err(|_| {
-                SessionStoreError::Unavailable(format!("seq counter of {conversation_id} is negative ({v})"))
-            })
-        })
-        .transpose()
-    }
-
-    async fn init_seq(&self, conversation_id: &str, current_max: u64) -> Result<(), SessionStoreError> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.seq_key(conversation_id)).arg(current_max).arg("NX");
-        // Nil when the counter already existed: fine, it is not overwritten.
-        let _: Option<String> = self.idempotent("init_seq", &cmd).await?;
-        Ok(())
-    }
-
-    async fn reset_seq(&self, conversation_id: &str) -> Result<(), SessionStoreError> {
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(self.seq_key(conversation_id));
-        self.idempotent("reset_seq", &cmd).await
-    }
-
     async fn dedup_get(&self, sender_id: u64, client_msg_id: &str) -> Result<Option<AckRecord>, SessionStoreError> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.dedup_key(sender_id, client_msg_id));
@@ -497,7 +445,6 @@ pub(crate) mod tests {
     async fn keys_are_the_documented_ones() {
         let st = store().await;
         st.add_session(7, Session { gateway_id: "gw0".into(), shard: 1, conn_id: 2 }).await.unwrap();
-        st.init_seq("s_1_7", 0).await.unwrap();
         let ack = AckRecord { msg_id: 5, conversation_id: "s_1_7".into(), seq: 1, ts: 9 };
         st.dedup_put(7, "c1", &ack, Duration::from_secs(60)).await.unwrap();
         let mut conn = st.conn.clone();
@@ -509,8 +456,6 @@ pub(crate) mod tests {
         let members: Vec<String> =
             redis::cmd("SMEMBERS").arg(format!("{p}gateway_sessions:gw0")).query_async(&mut conn).await.unwrap();
         assert_eq!(members, vec!["7|1|2".to_owned()]);
-        let seq: i64 = redis::cmd("GET").arg(format!("{p}conv_seq:s_1_7")).query_async(&mut conn).await.unwrap();
-        assert_eq!(seq, 0);
         let dedup: String = redis::cmd("GET").arg(format!("{p}msg_dedup:7:c1")).query_async(&mut conn).await.unwrap();
         assert_eq!(dedup, "5|1|9|s_1_7");
         let ttl: i64 = redis::cmd("TTL").arg(format!("{p}msg_dedup:7:c1")).query_async(&mut conn).await.unwrap();
@@ -576,62 +521,18 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn data_loss_makes_the_seq_counter_unknown_again() {
+    async fn data_loss_forgets_sessions_and_acks() {
         let st = store().await;
-        st.init_seq("s_1_2", 40).await.unwrap();
-        assert_eq!(st.reserve_seqs("s_1_2", 1).await.unwrap(), Some(41));
         st.add_session(1, Session { gateway_id: "gw0".into(), shard: 0, conn_id: 1 }).await.unwrap();
         let ack = AckRecord { msg_id: 5, conversation_id: "s_1_2".into(), seq: 41, ts: 9 };
         st.dedup_put(1, "a", &ack, Duration::from_secs(60)).await.unwrap();
 
         wipe(&st).await; // Redis restarted without persistence
 
-        // Unknown, not 1: logic re-reads MAX(seq) (41) from the database, so no seq repeats.
-        assert_eq!(st.reserve_seqs("s_1_2", 1).await.unwrap(), None);
-        st.init_seq("s_1_2", 41).await.unwrap();
-        assert_eq!(st.reserve_seqs("s_1_2", 1).await.unwrap(), Some(42));
         assert_eq!(st.sessions(&[1]).await.unwrap(), vec![]);
         assert_eq!(st.dedup_get(1, "a").await.unwrap(), None);
         assert_eq!(st.purge_gateway("gw0", u64::MAX).await.unwrap(), 0);
         wipe(&st).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_reserves_yield_disjoint_contiguous_ranges() {
-        const TASKS: u64 = 8;
-        const ROUNDS: u64 = 25;
-        let prefix = unique_prefix();
-        let first = connect_with_prefix(&prefix).await;
-        first.init_seq("s_1_2", 0).await.unwrap();
-        let mut handles = Vec::new();
-        for task in 0..TASKS {
-            // one connection per task: the atomicity comes from Redis, not from a shared socket
-            let st = connect_with_prefix(&prefix).await;
-            handles.push(tokio::spawn(async move {
-                let n = task + 1;
-                let mut ranges = Vec::new();
-                for _ in 0..ROUNDS {
-                    let last = st.reserve_seqs("s_1_2", n).await.unwrap().expect("counter initialised");
-                    ranges.push((last + 1 - n, last));
-                }
-                ranges
-            }));
-        }
-        let mut ranges = Vec::new();
-        for h in handles {
-            ranges.extend(h.await.unwrap());
-        }
-        assert_eq!(ranges.len() as u64, TASKS * ROUNDS);
-        ranges.sort_unstable();
-        let mut next = 1;
-        for (lo, hi) in &ranges {
-            assert_eq!(*lo, next, "ranges overlap or leave a gap: {ranges:?}");
-            next = hi + 1;
-        }
-        let total = ROUNDS * TASKS * (TASKS + 1) / 2;
-        assert_eq!(next - 1, total);
-        assert_eq!(first.reserve_seqs("s_1_2", 1).await.unwrap(), Some(total + 1));
-        wipe(&first).await;
     }
 
     async fn client_id(st: &RedisSessionStore) -> i64 {
@@ -654,7 +555,6 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn connection_manager_survives_a_killed_connection() {
         let st = store().await;
-        st.init_seq("s_1_2", 0).await.unwrap();
 
         // Idempotent requests are retried once: the first call after the kill succeeds.
         let old = kill_connection_of(&st).await;
@@ -666,17 +566,6 @@ pub(crate) mod tests {
         assert_eq!(st.sessions(&[1]).await.expect("first call after kill"), vec![]);
         assert_ne!(client_id(&st).await, old);
 
-        // reserve_seqs is not retried (its increment may have happened): the first
-        // call after the kill fails with Unavailable, the next one succeeds.
-        kill_connection_of(&st).await;
-        let first = st.reserve_seqs("s_1_2", 1).await;
-        if let Err(SessionStoreError::Unavailable(msg)) = &first {
-            assert!(msg.starts_with("redis reserve_seqs: "), "{msg}");
-        }
-        let second = st.reserve_seqs("s_1_2", 1).await.expect("second call after kill");
-        // The killed request never ran, so the counter did not move.
-        assert_eq!(second, Some(if first.is_ok() { 2 } else { 1 }));
-        eprintln!("reserve_seqs right after a killed connection: {first:?}");
         wipe(&st).await;
     }
 

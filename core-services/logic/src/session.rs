@@ -1,6 +1,7 @@
 //! The fast store next to logic: where each user's connections live
-//! (`user_session:{uid}`), the per-conversation seq counters (`conv_seq:{cid}`)
-//! and the ack of every recent (sender, client_msg_id) (`msg_dedup:...`).
+//! (`user_session:{uid}`), the ack of every recent (sender, client_msg_id)
+//! (`msg_dedup:...`), cached member lists and task claims. Seqs are not here:
+//! the database assigns them inside the transaction that stores the messages.
 //! [`MemorySessionStore`] is the embedded implementation; Redis is cluster mode.
 
 use async_trait::async_trait;
@@ -43,15 +44,6 @@ pub trait SessionStore: Send + Sync + 'static {
     /// (the restarted gateway's first id) spares sessions it already registered.
     async fn purge_gateway(&self, gateway_id: &str, older_than_conn_id: u64) -> Result<u64, SessionStoreError>;
 
-    /// Reserve `n` consecutive seqs of a conversation; returns the last one,
-    /// or None when the counter is unknown (never initialised, or lost): the
-    /// caller then initialises it from the database's max seq.
-    async fn reserve_seqs(&self, conversation_id: &str, n: u64) -> Result<Option<u64>, SessionStoreError>;
-    /// Set the counter to `current_max` unless it already exists.
-    async fn init_seq(&self, conversation_id: &str, current_max: u64) -> Result<(), SessionStoreError>;
-    /// Forget the counter (after a failed persist, so no gap is left behind).
-    async fn reset_seq(&self, conversation_id: &str) -> Result<(), SessionStoreError>;
-
     async fn dedup_get(&self, sender_id: u64, client_msg_id: &str) -> Result<Option<AckRecord>, SessionStoreError>;
     async fn dedup_put(
         &self,
@@ -81,7 +73,6 @@ pub trait SessionStore: Send + Sync + 'static {
 /// (sender_id, client_msg_id) keeps deduplicating beyond it.
 pub struct MemorySessionStore {
     sessions: Mutex<HashMap<u64, Vec<Session>>>,
-    seqs: Mutex<HashMap<String, u64>>,
     dedup: Mutex<DedupCache>,
     members: Mutex<HashMap<u64, CachedMembers>>,
     claims: Mutex<HashMap<String, Instant>>,
@@ -103,7 +94,6 @@ impl MemorySessionStore {
     pub fn new(dedup_capacity: usize) -> Self {
         Self {
             sessions: Mutex::new(HashMap::new()),
-            seqs: Mutex::new(HashMap::new()),
             dedup: Mutex::new(DedupCache {
                 map: HashMap::new(),
                 order: VecDeque::new(),
@@ -158,24 +148,6 @@ impl SessionStore for MemorySessionStore {
             !list.is_empty()
         });
         Ok(removed)
-    }
-
-    async fn reserve_seqs(&self, conversation_id: &str, n: u64) -> Result<Option<u64>, SessionStoreError> {
-        let mut seqs = self.seqs.lock().expect("seq lock");
-        Ok(seqs.get_mut(conversation_id).map(|v| {
-            *v += n;
-            *v
-        }))
-    }
-
-    async fn init_seq(&self, conversation_id: &str, current_max: u64) -> Result<(), SessionStoreError> {
-        self.seqs.lock().expect("seq lock").entry(conversation_id.to_owned()).or_insert(current_max);
-        Ok(())
-    }
-
-    async fn reset_seq(&self, conversation_id: &str) -> Result<(), SessionStoreError> {
-        self.seqs.lock().expect("seq lock").remove(conversation_id);
-        Ok(())
     }
 
     async fn dedup_get(&self, sender_id: u64, client_msg_id: &str) -> Result<Option<AckRecord>, SessionStoreError> {
@@ -289,25 +261,6 @@ pub(crate) mod conformance {
         assert_eq!(st.sessions(&[1]).await.unwrap(), vec![]);
     }
 
-    pub(crate) async fn seq_counter_needs_init_and_reserves_ranges(st: &dyn SessionStore) {
-        assert_eq!(st.reserve_seqs("s_1_2", 1).await.unwrap(), None);
-        st.init_seq("s_1_2", 40).await.unwrap();
-        st.init_seq("s_1_2", 0).await.unwrap(); // does not overwrite
-                                                // the last of a contiguous range: 41..=43, then 44
-        assert_eq!(st.reserve_seqs("s_1_2", 3).await.unwrap(), Some(43));
-        assert_eq!(st.reserve_seqs("s_1_2", 1).await.unwrap(), Some(44));
-        // counters are per conversation
-        assert_eq!(st.reserve_seqs("s_1_3", 1).await.unwrap(), None);
-        st.init_seq("s_1_3", 0).await.unwrap();
-        assert_eq!(st.reserve_seqs("s_1_3", 2).await.unwrap(), Some(2));
-        st.reset_seq("s_1_2").await.unwrap();
-        assert_eq!(st.reserve_seqs("s_1_2", 1).await.unwrap(), None);
-        st.reset_seq("s_1_2").await.unwrap(); // idempotent
-        st.init_seq("s_1_2", 44).await.unwrap();
-        assert_eq!(st.reserve_seqs("s_1_2", 1).await.unwrap(), Some(45));
-        assert_eq!(st.reserve_seqs("s_1_3", 1).await.unwrap(), Some(3));
-    }
-
     pub(crate) async fn dedup_put_get_expiry_per_sender(st: &dyn SessionStore) {
         let ack = AckRecord { msg_id: 5, conversation_id: "s_1_2".into(), seq: 1, ts: 9 };
         let odd = AckRecord { msg_id: u64::MAX, conversation_id: "g|x:y".into(), seq: u64::MAX, ts: -1 };
@@ -385,7 +338,6 @@ pub(crate) mod conformance {
         ($make:expr, $cleanup:path) => {
             $crate::session::conformance::conformance_tests!(@each $make, $cleanup;
                 sessions_add_remove_and_lookup,
-                seq_counter_needs_init_and_reserves_ranges,
                 dedup_put_get_expiry_per_sender,
                 purge_gateway_removes_only_that_gateway,
                 member_cache_is_cache_aside,

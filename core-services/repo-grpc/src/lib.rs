@@ -12,7 +12,7 @@
 //! (database, transport, deadline) as [`RepoError::Rpc`].
 
 use async_trait::async_trait;
-use gochat_repo::{Group, GroupMember, GroupRole, RepoError, Store, StoredMessage, User};
+use gochat_repo::{Appended, Group, GroupMember, GroupRole, NewMessage, RepoError, Store, StoredMessage, User};
 use prost::Message as _;
 use std::future::Future;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ pub mod pb {
 use pb::repo_server::{Repo, RepoServer};
 
 /// Largest request or response either side accepts or sends (large
-/// `insert_messages` batches and `messages_after` pages; a 20,000-member
+/// `append_messages` batches and `messages_after` pages; a 20,000-member
 /// group list is well under 1 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// How long the client waits for a TCP connection to the repo.
@@ -138,13 +138,15 @@ impl Repo for RepoService {
         Ok(Response::new(pb::ExistingUsersResponse { ids }))
     }
 
-    async fn insert_messages(
+    async fn append_messages(
         &self,
-        req: Request<pb::InsertMessagesRequest>,
-    ) -> Result<Response<pb::InsertMessagesResponse>, Status> {
-        let batch: Vec<StoredMessage> = req.into_inner().messages.into_iter().map(message_from_pb).collect();
-        self.store.insert_messages(&batch).await.map_err(|e| to_status("insert_messages", e))?;
-        Ok(Response::new(pb::InsertMessagesResponse {}))
+        req: Request<pb::AppendMessagesRequest>,
+    ) -> Result<Response<pb::AppendMessagesResponse>, Status> {
+        let batch: Vec<NewMessage> = req.into_inner().messages.into_iter().map(new_message_from_pb).collect();
+        let out = self.store.append_messages(&batch).await.map_err(|e| to_status("append_messages", e))?;
+        let results =
+            out.into_iter().map(|a| pb::Appended { message: Some(message_to_pb(a.message)), fresh: a.fresh }).collect();
+        Ok(Response::new(pb::AppendMessagesResponse { results }))
     }
 
     async fn messages_by_client_ids(
@@ -282,6 +284,7 @@ fn to_status(rpc: &'static str, e: RepoError) -> Status {
         RepoError::Database(db) => (database_code(db), REASON_DATABASE),
         RepoError::Migrate(_) => (Code::Internal, REASON_MIGRATE),
         RepoError::Rpc(_) => (Code::Unavailable, REASON_RPC),
+        RepoError::Inconsistent(_) => (Code::Internal, REASON_DATABASE),
     };
     match code {
         Code::AlreadyExists | Code::Aborted | Code::NotFound => tracing::debug!(rpc, error = %e, "repo call refused"),
@@ -379,13 +382,22 @@ impl Store for RepoClient {
         Ok(resp.into_inner().ids)
     }
 
-    async fn insert_messages(&self, batch: &[StoredMessage]) -> Result<(), RepoError> {
+    async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<Appended>, RepoError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let req = pb::InsertMessagesRequest { messages: batch.iter().cloned().map(message_to_pb).collect() };
-        self.client().insert_messages(req).await.map_err(from_status)?;
-        Ok(())
+        let req = pb::AppendMessagesRequest { messages: batch.iter().map(new_message_to_pb).collect() };
+        let resp = self.client().append_messages(req).await.map_err(from_status)?.into_inner();
+        if resp.results.len() != batch.len() {
+            return Err(bad_response(format!("{} results for {} messages", resp.results.len(), batch.len())));
+        }
+        resp.results
+            .into_iter()
+            .map(|a| match a.message {
+                Some(m) => Ok(Appended { message: message_from_pb(m), fresh: a.fresh }),
+                None => Err(bad_response("append result without its message".into())),
+            })
+            .collect()
     }
 
     async fn messages_by_client_ids(&self, keys: &[(u64, String)]) -> Result<Vec<StoredMessage>, RepoError> {
@@ -535,6 +547,30 @@ fn message_to_pb(m: StoredMessage) -> pb::StoredMessage {
     }
 }
 
+fn new_message_to_pb(m: &NewMessage) -> pb::NewMessage {
+    pb::NewMessage {
+        msg_id: m.msg_id,
+        conversation_id: m.conversation_id.clone(),
+        sender_id: m.sender_id,
+        client_msg_id: m.client_msg_id.clone(),
+        content_type: m.content_type.clone(),
+        content: m.content.clone(),
+        created_at: m.created_at,
+    }
+}
+
+fn new_message_from_pb(m: pb::NewMessage) -> NewMessage {
+    NewMessage {
+        msg_id: m.msg_id,
+        conversation_id: m.conversation_id,
+        sender_id: m.sender_id,
+        client_msg_id: m.client_msg_id,
+        content_type: m.content_type,
+        content: m.content,
+        created_at: m.created_at,
+    }
+}
+
 fn message_from_pb(m: pb::StoredMessage) -> StoredMessage {
     StoredMessage {
         msg_id: m.msg_id,
@@ -661,6 +697,8 @@ mod tests {
             created_at: i64::MIN,
         };
         assert_eq!(message_from_pb(message_to_pb(m.clone())), m);
+        let n = NewMessage::from(&m);
+        assert_eq!(new_message_from_pb(new_message_to_pb(&n)), n);
         let g = Group { id: u64::MAX, name: "g 😀".into(), owner_id: 1 << 63, created_at: i64::MIN };
         assert_eq!(group_from_pb(group_to_pb(g.clone())), g);
         for role in [GroupRole::Owner, GroupRole::Admin, GroupRole::Member] {

@@ -78,7 +78,7 @@ async fn client_survives_a_server_outage_on_the_same_port() {
     let addr = server.addr;
     let client = RepoClient::connect(&addr.to_string()).expect("client");
     client.ping().await.expect("ping while up");
-    client.insert_messages(&[msg(1, "s_1_2", 1, 1, "a")]).await.expect("insert while up");
+    gochat_repo::conformance::append_expecting(&client, &[msg(1, "s_1_2", 1, 1, "a")]).await;
 
     server.stop().await;
     for _ in 0..3 {
@@ -134,7 +134,7 @@ async fn batch_round_trips(bytes: usize) {
     let server = start_on_any_port(memory_store().await).await;
     let client = RepoClient::connect(&format!("http://{}", server.addr)).expect("client");
     let batch = big_batch(64, bytes);
-    client.insert_messages(&batch).await.expect("insert big batch");
+    gochat_repo::conformance::append_expecting(&client, &batch).await;
     assert_eq!(client.max_seq("s_1_2").await.unwrap(), 64);
     let page = client.messages_after("s_1_2", 0, 1000).await.expect("read big page");
     assert_eq!(page, batch);

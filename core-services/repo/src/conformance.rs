@@ -3,7 +3,7 @@
 //! async `run(case)` that builds a fresh, empty, migrated store, runs the
 //! case on it and cleans up.
 
-use crate::{Group, GroupMember, GroupRole, RepoError, Store, StoredMessage, User};
+use crate::{Appended, Group, GroupMember, GroupRole, NewMessage, RepoError, Store, StoredMessage, User};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,8 +23,9 @@ macro_rules! store_conformance {
             existing_users,
             ping,
             empty_batch_is_a_no_op,
-            duplicate_seq_refuses_the_whole_batch,
-            duplicate_client_msg_id_is_refused,
+            failed_batch_stores_nothing_and_moves_no_counter,
+            repeated_client_msg_id_returns_the_stored_row,
+            concurrent_appends_to_one_conversation_never_skip_or_repeat,
             max_seq_per_conversation,
             messages_after_pages_ascending_with_limit,
             messages_by_client_ids,
@@ -93,6 +94,20 @@ fn group_ids(groups: &[Group]) -> Vec<u64> {
     groups.iter().map(|g| g.id).collect()
 }
 
+/// The message of an expected row, as logic appends it (no seq).
+pub fn new(m: &StoredMessage) -> NewMessage {
+    NewMessage::from(m)
+}
+
+/// Append `rows` as new messages and check that the store stored each and
+/// gave it the seq the case expects.
+pub async fn append_expecting(s: &dyn Store, rows: &[StoredMessage]) {
+    let batch: Vec<NewMessage> = rows.iter().map(new).collect();
+    let out = s.append_messages(&batch).await.unwrap();
+    let expected: Vec<Appended> = rows.iter().map(|m| Appended { message: m.clone(), fresh: true }).collect();
+    assert_eq!(out, expected);
+}
+
 fn sorted(mut v: Vec<StoredMessage>) -> Vec<StoredMessage> {
     v.sort_by_key(|m| m.msg_id);
     v
@@ -139,44 +154,98 @@ pub async fn ping(s: &dyn Store) {
 }
 
 pub async fn empty_batch_is_a_no_op(s: &dyn Store) {
-    s.insert_messages(&[]).await.unwrap();
+    assert!(s.append_messages(&[]).await.unwrap().is_empty());
     assert_eq!(s.messages_by_client_ids(&[]).await.unwrap(), vec![]);
     assert_eq!(s.max_seq("s_1_2").await.unwrap(), 0);
 }
 
-pub async fn duplicate_seq_refuses_the_whole_batch(s: &dyn Store) {
-    s.insert_messages(&[msg(10, "s_1_2", 1, 1, "a"), msg(11, "s_1_2", 2, 2, "a")]).await.unwrap();
-    // Seq 3 is new but seq 2 is taken: nothing of the batch lands.
-    let r = s.insert_messages(&[msg(12, "s_1_2", 3, 1, "b"), msg(13, "s_1_2", 2, 1, "c")]).await;
-    assert!(matches!(r, Err(RepoError::Conflict)), "{r:?}");
+pub async fn failed_batch_stores_nothing_and_moves_no_counter(s: &dyn Store) {
+    append_expecting(s, &[msg(10, "s_1_2", 1, 1, "a"), msg(11, "s_1_2", 2, 2, "a")]).await;
+    // Message id 10 is taken: the batch fails as a whole. Its other message
+    // is not stored and neither conversation's counter moves.
+    let r = s.append_messages(&[new(&msg(12, "s_1_2", 3, 1, "b")), new(&msg(10, "s_1_3", 1, 1, "c"))]).await;
+    assert!(r.is_err(), "{r:?}");
     assert_eq!(s.max_seq("s_1_2").await.unwrap(), 2);
+    assert_eq!(s.max_seq("s_1_3").await.unwrap(), 0);
     assert!(s.messages_by_client_ids(&[(1, "b".into()), (1, "c".into())]).await.unwrap().is_empty());
-    // A duplicate inside the batch itself is refused too.
-    let r = s.insert_messages(&[msg(14, "s_1_2", 3, 1, "d"), msg(15, "s_1_2", 3, 1, "e")]).await;
-    assert!(matches!(r, Err(RepoError::Conflict)), "{r:?}");
-    assert_eq!(s.max_seq("s_1_2").await.unwrap(), 2);
-    // The refused keys are free afterwards.
-    s.insert_messages(&[msg(12, "s_1_2", 3, 1, "b")]).await.unwrap();
-    assert_eq!(s.max_seq("s_1_2").await.unwrap(), 3);
+    // The next append continues the conversation without a gap.
+    append_expecting(s, &[msg(12, "s_1_2", 3, 1, "b"), msg(13, "s_1_3", 1, 1, "c")]).await;
 }
 
-pub async fn duplicate_client_msg_id_is_refused(s: &dyn Store) {
-    s.insert_messages(&[msg(10, "s_1_2", 1, 1, "a")]).await.unwrap();
-    // Same sender and client_msg_id, even in another conversation.
-    let r = s.insert_messages(&[msg(11, "s_1_3", 1, 1, "a")]).await;
-    assert!(matches!(r, Err(RepoError::Conflict)), "{r:?}");
+pub async fn repeated_client_msg_id_returns_the_stored_row(s: &dyn Store) {
+    let first = msg(10, "s_1_2", 1, 1, "a");
+    append_expecting(s, std::slice::from_ref(&first)).await;
+    // A retry (another msg id, other content) gets the stored row back and takes no seq.
+    let mut retry = new(&msg(99, "s_1_2", 0, 1, "a"));
+    retry.content = r#"{"text":"changed"}"#.into();
+    let out = s.append_messages(&[retry, new(&msg(11, "s_1_2", 2, 2, "b"))]).await.unwrap();
+    assert_eq!(out[0], Appended { message: first.clone(), fresh: false });
+    assert_eq!(out[1], Appended { message: msg(11, "s_1_2", 2, 2, "b"), fresh: true });
+    // Reused in another conversation: the stored row (and its conversation)
+    // comes back, and the other conversation's counter does not move.
+    let out = s.append_messages(&[new(&msg(12, "s_1_3", 1, 1, "a"))]).await.unwrap();
+    assert_eq!(out, vec![Appended { message: first.clone(), fresh: false }]);
     assert_eq!(s.max_seq("s_1_3").await.unwrap(), 0);
-    // Another sender may reuse it.
-    s.insert_messages(&[msg(12, "s_1_2", 2, 2, "a")]).await.unwrap();
+    // Within one batch: the first copy is stored, later copies answer with it.
+    let out = s.append_messages(&[new(&msg(13, "s_1_2", 3, 1, "c")), new(&msg(14, "s_1_2", 4, 1, "c"))]).await.unwrap();
+    assert_eq!(out[0], Appended { message: msg(13, "s_1_2", 3, 1, "c"), fresh: true });
+    assert_eq!(out[1], Appended { message: msg(13, "s_1_2", 3, 1, "c"), fresh: false });
+    // Another sender may use the same client_msg_id.
+    append_expecting(s, &[msg(15, "s_1_2", 4, 2, "a")]).await;
+    assert_eq!(s.max_seq("s_1_2").await.unwrap(), 4);
+}
+
+/// Appends racing on one conversation (what two logic members do during a
+/// rebalance) serialise on its counter: seqs 1..N, each once. A failed
+/// append (a deadlock victim, say) is retried with the same batch, as logic
+/// does.
+pub async fn concurrent_appends_to_one_conversation_never_skip_or_repeat(s: &dyn Store) {
+    let (writers, batches, per_batch) = (4u64, 8u64, 5u64);
+    let mut appends = Vec::new();
+    for w in 0..writers {
+        appends.push(async move {
+            for b in 0..batches {
+                let batch: Vec<NewMessage> = (0..per_batch)
+                    .map(|i| {
+                        let id = 1000 + (w * batches + b) * per_batch + i;
+                        new(&msg(id, "s_1_2", 0, 1 + w, &format!("w{w}-{b}-{i}")))
+                    })
+                    .collect();
+                let mut tries = 0;
+                loop {
+                    match s.append_messages(&batch).await {
+                        Ok(out) => {
+                            assert_eq!(out.len(), batch.len());
+                            break;
+                        }
+                        Err(e) if tries < 20 => {
+                            tries += 1;
+                            let _ = e;
+                            tokio::time::sleep(std::time::Duration::from_millis(5 * tries)).await;
+                        }
+                        Err(e) => panic!("append kept failing: {e}"),
+                    }
+                }
+            }
+        });
+    }
+    futures_util::future::join_all(appends).await;
+    let total = writers * batches * per_batch;
+    let all = s.messages_after("s_1_2", 0, 1000).await.unwrap();
+    assert_eq!(all.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=total).collect::<Vec<_>>());
+    let mut keys: Vec<_> = all.iter().map(|m| (m.sender_id, m.client_msg_id.clone())).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len() as u64, total, "every message stored once");
+    assert_eq!(s.max_seq("s_1_2").await.unwrap(), total);
 }
 
 pub async fn max_seq_per_conversation(s: &dyn Store) {
     assert_eq!(s.max_seq("s_1_2").await.unwrap(), 0);
-    s.insert_messages(&[msg(10, "s_1_2", 1, 1, "a"), msg(11, "s_1_2", 2, 1, "b"), msg(12, "s_1_3", 7, 1, "c")])
-        .await
-        .unwrap();
+    append_expecting(s, &[msg(10, "s_1_2", 1, 1, "a"), msg(12, "s_1_3", 1, 1, "c"), msg(11, "s_1_2", 2, 1, "b")]).await;
+    append_expecting(s, &[msg(13, "s_1_3", 2, 2, "c")]).await;
     assert_eq!(s.max_seq("s_1_2").await.unwrap(), 2);
-    assert_eq!(s.max_seq("s_1_3").await.unwrap(), 7);
+    assert_eq!(s.max_seq("s_1_3").await.unwrap(), 2);
     assert_eq!(s.max_seq("s_2_3").await.unwrap(), 0);
     assert_eq!(s.max_seq("s_1_2x").await.unwrap(), 0);
     assert_eq!(s.max_seq("s_1_2 ").await.unwrap(), 0);
@@ -186,12 +255,12 @@ pub async fn max_seq_per_conversation(s: &dyn Store) {
 }
 
 pub async fn messages_after_pages_ascending_with_limit(s: &dyn Store) {
-    // Inserted out of order, across two batches, next to another conversation.
-    let mut batch: Vec<_> = (1..=10).rev().map(|q| msg(100 + q, "s_1_2", q, 1 + q % 2, &format!("m{q}"))).collect();
-    batch.push(msg(500, "s_1_3", 1, 1, "other"));
-    let (first, second) = batch.split_at(4);
-    s.insert_messages(second).await.unwrap();
-    s.insert_messages(first).await.unwrap();
+    // Across two batches, next to another conversation.
+    let conv: Vec<_> = (1..=10).map(|q| msg(100 + q, "s_1_2", q, 1 + q % 2, &format!("m{q}"))).collect();
+    let mut first = conv[..6].to_vec();
+    first.insert(3, msg(500, "s_1_3", 1, 1, "other"));
+    append_expecting(s, &first).await;
+    append_expecting(s, &conv[6..]).await;
 
     let seqs = |v: &[StoredMessage]| v.iter().map(|m| m.seq).collect::<Vec<_>>();
     let page = s.messages_after("s_1_2", 0, 4).await.unwrap();
@@ -210,7 +279,7 @@ pub async fn messages_after_pages_ascending_with_limit(s: &dyn Store) {
 
 pub async fn messages_by_client_ids(s: &dyn Store) {
     let stored = vec![msg(10, "s_1_2", 1, 1, "a"), msg(11, "s_1_2", 2, 2, "a"), msg(12, "s_1_2", 3, 1, "b")];
-    s.insert_messages(&stored).await.unwrap();
+    append_expecting(s, &stored).await;
     let found = s.messages_by_client_ids(&[(1, "a".into()), (2, "a".into()), (3, "a".into())]).await.unwrap();
     assert_eq!(sorted(found), stored[..2].to_vec());
     assert!(s.messages_by_client_ids(&[(2, "b".into())]).await.unwrap().is_empty());
@@ -221,15 +290,15 @@ pub async fn messages_by_client_ids(s: &dyn Store) {
 }
 
 pub async fn client_msg_id_is_case_sensitive(s: &dyn Store) {
-    s.insert_messages(&[msg(10, "s_1_2", 1, 1, "A")]).await.unwrap();
+    append_expecting(s, &[msg(10, "s_1_2", 1, 1, "A")]).await;
     assert!(s.messages_by_client_ids(&[(1, "a".into())]).await.unwrap().is_empty());
-    s.insert_messages(&[msg(11, "s_1_2", 2, 1, "a")]).await.unwrap();
+    append_expecting(s, &[msg(11, "s_1_2", 2, 1, "a")]).await;
     let found = s.messages_by_client_ids(&[(1, "A".into())]).await.unwrap();
     assert_eq!(found, vec![msg(10, "s_1_2", 1, 1, "A")]);
     let found = s.messages_by_client_ids(&[(1, "a".into()), (1, "A".into())]).await.unwrap();
     assert_eq!(sorted(found).iter().map(|m| m.client_msg_id.as_str()).collect::<Vec<_>>(), vec!["A", "a"]);
     // Trailing spaces are significant too (MySQL's PAD SPACE collations would ignore them).
-    s.insert_messages(&[msg(12, "s_1_2", 3, 1, "a ")]).await.unwrap();
+    append_expecting(s, &[msg(12, "s_1_2", 3, 1, "a ")]).await;
     let found = s.messages_by_client_ids(&[(1, "a ".into())]).await.unwrap();
     assert_eq!(found, vec![msg(12, "s_1_2", 3, 1, "a ")]);
 }
@@ -247,7 +316,7 @@ pub async fn ids_above_2_pow_63_round_trip(s: &dyn Store) {
 
     let cid = format!("s_{peer}_{uid}");
     let m = msg(mid, &cid, 1, uid, "big-1");
-    s.insert_messages(&[m.clone(), msg(mid - 1, &cid, 2, peer, "big-2")]).await.unwrap();
+    append_expecting(s, &[m.clone(), msg(mid - 1, &cid, 2, peer, "big-2")]).await;
     assert_eq!(s.messages_after(&cid, 0, 1).await.unwrap(), vec![m.clone()]);
     assert_eq!(s.messages_by_client_ids(&[(uid, "big-1".into())]).await.unwrap(), vec![m]);
     assert_eq!(s.max_seq(&cid).await.unwrap(), 2);
@@ -256,7 +325,7 @@ pub async fn ids_above_2_pow_63_round_trip(s: &dyn Store) {
 pub async fn utf8mb4_content_round_trips(s: &dyn Store) {
     let mut m = msg(10, "s_1_2", 1, 1, "émoji-😀");
     m.content = r#"{"text":"héllo 😀👍🏽 𝄞 中文 \u0000"}"#.into();
-    s.insert_messages(std::slice::from_ref(&m)).await.unwrap();
+    append_expecting(s, std::slice::from_ref(&m)).await;
     assert_eq!(s.messages_after("s_1_2", 0, 10).await.unwrap(), vec![m.clone()]);
     assert_eq!(s.messages_by_client_ids(&[(1, "émoji-😀".into())]).await.unwrap(), vec![m]);
     // A different emoji is a different key.
@@ -269,18 +338,18 @@ pub async fn utf8mb4_content_round_trips(s: &dyn Store) {
 
 pub async fn batch_of_500_is_atomic(s: &dyn Store) {
     let batch: Vec<_> = (1..=500).map(|q| msg(1000 + q, "s_1_2", q, 1, &format!("c{q}"))).collect();
-    s.insert_messages(&batch).await.unwrap();
+    append_expecting(s, &batch).await;
     assert_eq!(s.max_seq("s_1_2").await.unwrap(), 500);
     assert_eq!(s.messages_after("s_1_2", 0, 1000).await.unwrap(), batch);
 
-    // 499 fresh rows and, last, one duplicate (sender, client_msg_id): none land.
-    let mut bad: Vec<_> = (501..1000).map(|q| msg(1000 + q, "s_1_2", q, 2, &format!("c{q}"))).collect();
-    bad.push(msg(5000, "s_1_2", 1000, 1, "c1"));
-    let r = s.insert_messages(&bad).await;
-    assert!(matches!(r, Err(RepoError::Conflict)), "{r:?}");
+    // 499 fresh rows and, last, one whose message id is taken: none land.
+    let mut bad: Vec<_> = (501..1000).map(|q| new(&msg(1000 + q, "s_1_2", q, 2, &format!("c{q}")))).collect();
+    bad.push(new(&msg(1001, "s_1_2", 1000, 3, "other")));
+    let r = s.append_messages(&bad).await;
+    assert!(r.is_err(), "{r:?}");
     assert_eq!(s.max_seq("s_1_2").await.unwrap(), 500);
     let keys: Vec<_> = bad.iter().map(|m| (m.sender_id, m.client_msg_id.clone())).collect();
-    assert!(s.messages_by_client_ids(&keys[..499]).await.unwrap().is_empty());
+    assert!(s.messages_by_client_ids(&keys).await.unwrap().is_empty());
 }
 
 pub async fn group_create_and_lookups(s: &dyn Store) {
@@ -402,7 +471,7 @@ pub async fn delete_group_drops_memberships_keeps_messages(s: &dyn Store) {
     s.create_group(&group(77, "doomed", 1), &members).await.unwrap();
     s.create_group(&group(78, "kept", 1), &members).await.unwrap();
     let history = vec![msg(500, "g_77", 1, 1, "g1"), msg(501, "g_77", 2, 2, "g2")];
-    s.insert_messages(&history).await.unwrap();
+    append_expecting(s, &history).await;
 
     assert!(s.delete_group(77).await.unwrap());
     assert_eq!(s.group_by_id(77).await.unwrap(), None);
@@ -473,7 +542,7 @@ pub async fn group_ids_above_2_pow_63_round_trip(s: &dyn Store) {
     assert!(s.remove_group_member(gid, max).await.unwrap());
     assert!(s.groups_of_user(max).await.unwrap().is_empty());
     let m = msg(u64::MAX, &format!("g_{gid}"), 1, owner, "big-g");
-    s.insert_messages(std::slice::from_ref(&m)).await.unwrap();
+    append_expecting(s, std::slice::from_ref(&m)).await;
     assert!(s.delete_group(gid).await.unwrap());
     assert_eq!(group_ids(&s.groups_of_user(owner).await.unwrap()), vec![low_gid]);
     assert!(s.group_members(gid).await.unwrap().is_empty());

@@ -1,10 +1,10 @@
 //! SQLite store for embedded mode (`gochat dev`): WAL journal, migrations from
 //! migrations/sqlite applied at open.
 
-use crate::{Group, GroupMember, GroupRole, RepoError, Store, StoredMessage, User};
+use crate::{plan_append, Appended, Group, GroupMember, GroupRole, NewMessage, RepoError, Store, StoredMessage, User};
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -57,6 +57,25 @@ fn message_from_row(r: &SqliteRow) -> Result<StoredMessage, sqlx::Error> {
         content: r.try_get("content")?,
         created_at: r.try_get("created_at")?,
     })
+}
+
+/// Rows stored under any of these (sender_id, client_msg_id), on one connection
+/// (inside a transaction when the caller holds one).
+async fn lookup_client_ids(conn: &mut SqliteConnection, keys: &[(u64, &str)]) -> Result<Vec<StoredMessage>, RepoError> {
+    let mut out = Vec::new();
+    for chunk in keys.chunks(200) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE "));
+        for (i, (sender, cmid)) in chunk.iter().enumerate() {
+            if i > 0 {
+                q.push(" OR ");
+            }
+            q.push("(sender_id = ").push_bind(*sender as i64).push(" AND client_msg_id = ").push_bind(*cmid).push(")");
+        }
+        for r in &q.build().fetch_all(&mut *conn).await? {
+            out.push(message_from_row(r)?);
+        }
+    }
+    Ok(out)
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -142,13 +161,33 @@ impl Store for SqliteStore {
         rows.iter().map(|r| Ok(r.try_get::<i64, _>(0)? as u64)).collect()
     }
 
-    async fn insert_messages(&self, batch: &[StoredMessage]) -> Result<(), RepoError> {
+    async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<Appended>, RepoError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: take the write lock first, so the key lookup and the
+        // counter update see the same state (a deferred transaction could
+        // read, then fail to upgrade to a writer).
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let keys: Vec<(u64, &str)> = batch.iter().map(|m| (m.sender_id, m.client_msg_id.as_str())).collect();
+        let existing = lookup_client_ids(&mut tx, &keys).await?;
+        let plan = plan_append(batch, &existing);
+        let mut last = Vec::with_capacity(plan.counts.len());
+        for (cid, n) in &plan.counts {
+            let v: i64 = sqlx::query_scalar(
+                "INSERT INTO conversation_seqs (conversation_id, last_seq) VALUES (?, ?) \
+                 ON CONFLICT (conversation_id) DO UPDATE SET last_seq = last_seq + excluded.last_seq \
+                 RETURNING last_seq",
+            )
+            .bind(cid)
+            .bind(*n as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+            last.push((cid.clone(), v as u64));
+        }
+        let (rows, out) = plan.assign(batch, &last)?;
         // SQLite caps bound parameters per statement; 8 columns x 100 rows stays well under it.
-        for chunk in batch.chunks(100) {
+        for chunk in rows.chunks(100) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!("INSERT INTO messages ({MESSAGE_COLUMNS}) "));
             q.push_values(chunk, |mut b, m| {
                 b.push_bind(m.msg_id as i64)
@@ -169,36 +208,19 @@ impl Store for SqliteStore {
             })?;
         }
         tx.commit().await?;
-        Ok(())
-    }
-
-    async fn messages_by_client_ids(&self, keys: &[(u64, String)]) -> Result<Vec<StoredMessage>, RepoError> {
-        let mut out = Vec::new();
-        for chunk in keys.chunks(200) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE "));
-            for (i, (sender, cmid)) in chunk.iter().enumerate() {
-                if i > 0 {
-                    q.push(" OR ");
-                }
-                q.push("(sender_id = ")
-                    .push_bind(*sender as i64)
-                    .push(" AND client_msg_id = ")
-                    .push_bind(cmid.as_str())
-                    .push(")");
-            }
-            let rows = q.build().fetch_all(&self.pool).await?;
-            for r in &rows {
-                out.push(message_from_row(r)?);
-            }
-        }
         Ok(out)
     }
 
+    async fn messages_by_client_ids(&self, keys: &[(u64, String)]) -> Result<Vec<StoredMessage>, RepoError> {
+        let keys: Vec<(u64, &str)> = keys.iter().map(|(u, c)| (*u, c.as_str())).collect();
+        let mut conn = self.pool.acquire().await?;
+        lookup_client_ids(&mut conn, &keys).await
+    }
+
     async fn max_seq(&self, conversation_id: &str) -> Result<u64, RepoError> {
-        let v: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM messages WHERE conversation_id = ?")
+        let v: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM conversation_seqs WHERE conversation_id = ?")
             .bind(conversation_id)
-            .fetch_one(&self.pool)
+            .fetch_optional(&self.pool)
             .await?;
         Ok(v.unwrap_or(0) as u64)
     }

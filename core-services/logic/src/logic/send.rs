@@ -1,0 +1,402 @@
+//! The send pipeline: one batch of `send-message` records becomes stored,
+//! sequenced, acknowledged and delivered messages. Each stage is one small
+//! method over one [`SendBatch`]:
+//!
+//! 1. [`Logic::resolve`]: conversation, membership, content checks;
+//! 2. [`Logic::check_peers`]: a 1:1 peer must exist;
+//! 3. [`Logic::moderate`]: keyword lists and the moderation hook;
+//! 4. [`Logic::answer_recent_duplicates`]: a retry whose ack the fast store
+//!    still holds is answered from it;
+//! 5. [`Logic::persist`]: the store appends the batch, assigning seqs inside
+//!    its transaction (gap-free, idempotent per sender and client_msg_id);
+//! 6. [`Logic::ack`]: acks (stored values, even for a repeat), or an error
+//!    for a client_msg_id reused in another conversation;
+//! 7. [`Logic::fan_out`]: pushes for 1:1 and small groups, a task for large
+//!    groups, offline push for the rest.
+//!
+//! Frames accumulate in the batch's `out` in order and are produced once at
+//! the end ([`Logic::deliver`]); a failing stage delivers what was decided
+//! before it (rejections) and fails the batch, which is retried whole.
+
+use super::{Logic, LogicError, PushSource, CONTENT_TYPES, KNOWN_USERS_CAP};
+use crate::fanout::{self, Outbound};
+use crate::frames;
+use crate::moderation::Verdict;
+use crate::session::{AckRecord, Session};
+use gochat_common::convid::ConversationId;
+use gochat_proto::bus;
+use gochat_proto::task as tasks;
+use gochat_repo::{Appended, NewMessage, StoredMessage};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tracing::{debug, warn};
+
+/// Reserved for the server's own messages (`sys:{event_id}` for membership
+/// events): a client may not use it.
+pub const RESERVED_CLIENT_MSG_ID_PREFIX: &str = "sys:";
+
+/// A send that survived validation.
+#[derive(Debug, Clone)]
+pub(super) struct Accepted {
+    pub trace_id: String,
+    pub origin: bus::ConnRef,
+    pub sender_id: u64,
+    /// The other participant of a 1:1 conversation (0 for a group).
+    pub peer_id: u64,
+    /// A group's members, ascending (None for 1:1).
+    pub group: Option<(u64, Arc<[u64]>)>,
+    pub client_msg_id: String,
+    pub conversation_id: String,
+    pub content_type: String,
+    pub content: String,
+}
+
+/// One batch on its way through the stages.
+#[derive(Default)]
+pub(super) struct SendBatch {
+    /// Frames to produce at the end, in order: rejections, acks, pushes.
+    pub out: Vec<Outbound>,
+    /// Sends still in play, in batch order.
+    pub accepted: Vec<Accepted>,
+    /// After [`Logic::persist`]: each accepted send with what the store did.
+    pub appended: Vec<(Accepted, Appended)>,
+}
+
+impl SendBatch {
+    fn reject(&mut self, logic: &Logic, origin: &bus::ConnRef, sender: u64, code: &str, why: &str, cmid: &str) {
+        logic.metrics.rejected.inc();
+        self.out.push(Outbound::to_conn(origin, sender, frames::error(code, why, Some(cmid))));
+    }
+
+    fn ack(&mut self, origin: &bus::ConnRef, sender: u64, client_msg_id: &str, ack: &AckRecord) {
+        let frame = frames::message_ack(client_msg_id, ack.msg_id, &ack.conversation_id, ack.seq, ack.ts);
+        self.out.push(Outbound::to_conn(origin, sender, frame));
+    }
+}
+
+fn ack_of(m: &StoredMessage) -> AckRecord {
+    AckRecord { msg_id: m.msg_id, conversation_id: m.conversation_id.clone(), seq: m.seq, ts: m.created_at }
+}
+
+impl Logic {
+    /// Run the pipeline over one batch of sends.
+    pub(super) async fn process_sends(&self, batch: &[(String, bus::SendMessage)]) -> Result<(), LogicError> {
+        let mut b = SendBatch::default();
+        let result = self.run_stages(batch, &mut b).await;
+        // Whatever was decided (rejections, acks, pushes) is still a valid answer.
+        self.deliver(std::mem::take(&mut b.out)).await;
+        result
+    }
+
+    async fn run_stages(&self, batch: &[(String, bus::SendMessage)], b: &mut SendBatch) -> Result<(), LogicError> {
+        self.resolve(batch, b).await?;
+        self.check_peers(b).await?;
+        self.moderate(b).await;
+        self.answer_recent_duplicates(b).await?;
+        self.persist(b).await?;
+        // From here on the batch is stored: a failure may cost live delivery
+        // (recipients catch up by sync) but must not make the batch retry.
+        self.ack(b).await;
+        self.fan_out(b).await;
+        Ok(())
+    }
+
+    /// Stage 1: which conversation each send is for, whether the sender may
+    /// post there, and whether the message itself is valid.
+    pub(super) async fn resolve(
+        &self,
+        batch: &[(String, bus::SendMessage)],
+        b: &mut SendBatch,
+    ) -> Result<(), LogicError> {
+        // Member lists looked up in this batch, per group.
+        let mut members_of: HashMap<u64, Arc<[u64]>> = HashMap::new();
+        for (trace_id, s) in batch {
+            self.metrics.sends.inc();
+            let Some(origin) = s.origin.clone() else {
+                warn!(trace_id = %trace_id, "send without origin connection skipped");
+                continue;
+            };
+            let cmid = s.client_msg_id.as_str();
+            let cid = if s.to_user_id != 0 {
+                ConversationId::single(s.sender_id, s.to_user_id)
+            } else {
+                ConversationId::parse(&s.conversation_id)
+            };
+            let cid = match cid {
+                Ok(c) => c,
+                Err(e) => {
+                    b.reject(self, &origin, s.sender_id, "invalid_conversation", &e.to_string(), cmid);
+                    continue;
+                }
+            };
+            let mut group = None;
+            let peer_id = match cid {
+                ConversationId::Group(gid) => {
+                    let members = match members_of.get(&gid) {
+                        Some(m) => m.clone(),
+                        None => {
+                            let m = self.members(gid).await?;
+                            members_of.insert(gid, m.clone());
+                            m
+                        }
+                    };
+                    if members.is_empty() {
+                        b.reject(self, &origin, s.sender_id, "unknown_conversation", "no such group", cmid);
+                        continue;
+                    }
+                    if members.binary_search(&s.sender_id).is_err() {
+                        let why = "you are not a member of this group";
+                        b.reject(self, &origin, s.sender_id, "not_member", why, cmid);
+                        continue;
+                    }
+                    group = Some((gid, members));
+                    0
+                }
+                ConversationId::Single { .. } => match cid.peer_of(s.sender_id) {
+                    Some(p) => p,
+                    None => {
+                        let why = "you are not a member of this conversation";
+                        b.reject(self, &origin, s.sender_id, "not_member", why, cmid);
+                        continue;
+                    }
+                },
+            };
+            if cmid.starts_with(RESERVED_CLIENT_MSG_ID_PREFIX) {
+                let why = "client_msg_id may not start with \"sys:\" (reserved for server messages)";
+                b.reject(self, &origin, s.sender_id, "invalid_message", why, cmid);
+                continue;
+            }
+            if !CONTENT_TYPES.contains(&s.content_type.as_str())
+                || s.content.len() > self.cfg.max_content_bytes
+                || cmid.is_empty()
+            {
+                let why = "content_type, content or client_msg_id is invalid";
+                b.reject(self, &origin, s.sender_id, "invalid_message", why, cmid);
+                continue;
+            }
+            let Ok(content) = String::from_utf8(s.content.to_vec()) else {
+                b.reject(self, &origin, s.sender_id, "invalid_message", "content is not UTF-8", cmid);
+                continue;
+            };
+            b.accepted.push(Accepted {
+                trace_id: trace_id.clone(),
+                origin,
+                sender_id: s.sender_id,
+                peer_id,
+                group,
+                client_msg_id: s.client_msg_id.clone(),
+                conversation_id: cid.to_string(),
+                content_type: s.content_type.clone(),
+                content,
+            });
+        }
+        Ok(())
+    }
+
+    /// Stage 2: the peer of a 1:1 send must be a user.
+    pub(super) async fn check_peers(&self, b: &mut SendBatch) -> Result<(), LogicError> {
+        let unknown: Vec<u64> = {
+            let known = self.known_users.lock().expect("known users lock");
+            let mut v: Vec<u64> = b
+                .accepted
+                .iter()
+                .filter(|a| a.group.is_none())
+                .map(|a| a.peer_id)
+                .filter(|p| !known.contains(p))
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let found = self.store.existing_users(&unknown).await?;
+        let known = {
+            let mut known = self.known_users.lock().expect("known users lock");
+            if known.len() + found.len() > KNOWN_USERS_CAP {
+                known.clear();
+            }
+            known.extend(found);
+            unknown.into_iter().filter(|u| !known.contains(u)).collect::<Vec<u64>>()
+        };
+        let missing = known;
+        for a in std::mem::take(&mut b.accepted) {
+            if a.group.is_none() && missing.binary_search(&a.peer_id).is_ok() {
+                b.reject(
+                    self,
+                    &a.origin,
+                    a.sender_id,
+                    "unknown_user",
+                    "the recipient does not exist",
+                    &a.client_msg_id,
+                );
+            } else {
+                b.accepted.push(a);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stage 3: moderation, before anything is stored.
+    pub(super) async fn moderate(&self, b: &mut SendBatch) {
+        if !self.moderator.is_enabled() {
+            return;
+        }
+        let verdicts = futures_util::future::join_all(
+            b.accepted
+                .iter()
+                .map(|a| self.moderator.check(a.sender_id, &a.conversation_id, &a.content_type, &a.content)),
+        )
+        .await;
+        for (a, v) in std::mem::take(&mut b.accepted).into_iter().zip(verdicts) {
+            match v {
+                Verdict::Allow => b.accepted.push(a),
+                Verdict::Flag(reason) => {
+                    self.metrics.moderation_flagged.inc();
+                    warn!(sender_id = a.sender_id, conversation_id = %a.conversation_id, client_msg_id = %a.client_msg_id, reason = %reason, "message flagged by moderation");
+                    b.accepted.push(a);
+                }
+                Verdict::Reject(reason) => {
+                    self.metrics.moderation_rejected.inc();
+                    b.reject(self, &a.origin, a.sender_id, "message_rejected", &reason, &a.client_msg_id);
+                }
+            }
+        }
+    }
+
+    /// Stage 4: a retry whose ack the fast store still remembers is answered
+    /// from it, without touching the database. Only an optimisation: the
+    /// store's append deduplicates by itself.
+    pub(super) async fn answer_recent_duplicates(&self, b: &mut SendBatch) -> Result<(), LogicError> {
+        for a in std::mem::take(&mut b.accepted) {
+            match self.sessions.dedup_get(a.sender_id, &a.client_msg_id).await? {
+                Some(ack) if ack.conversation_id == a.conversation_id => {
+                    self.metrics.duplicates.inc();
+                    b.ack(&a.origin, a.sender_id, &a.client_msg_id, &ack);
+                }
+                // Unknown, or reused in another conversation: the store decides (stage 6 answers).
+                _ => b.accepted.push(a),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stage 5: append the batch. The store assigns seqs in the transaction
+    /// that stores the rows, so there is nothing to undo on failure: the
+    /// batch is retried and the append answers with what is stored.
+    pub(super) async fn persist(&self, b: &mut SendBatch) -> Result<(), LogicError> {
+        if b.accepted.is_empty() {
+            return Ok(());
+        }
+        let now = gochat_common::now_ms();
+        let batch: Vec<NewMessage> = b
+            .accepted
+            .iter()
+            .map(|a| NewMessage {
+                msg_id: self.ids.next_id(),
+                conversation_id: a.conversation_id.clone(),
+                sender_id: a.sender_id,
+                client_msg_id: a.client_msg_id.clone(),
+                content_type: a.content_type.clone(),
+                content: a.content.clone(),
+                created_at: now,
+            })
+            .collect();
+        let appended = self.store.append_messages(&batch).await?;
+        let fresh = appended.iter().filter(|a| a.fresh).count();
+        self.metrics.persisted.add(fresh as u64);
+        b.appended = std::mem::take(&mut b.accepted).into_iter().zip(appended).collect();
+        Ok(())
+    }
+
+    /// Stage 6: ack every appended send with its stored values (a repeat
+    /// gets the original ack). A client_msg_id the sender already used in
+    /// another conversation is refused: the message was not stored.
+    pub(super) async fn ack(&self, b: &mut SendBatch) {
+        let mut kept = Vec::with_capacity(b.appended.len());
+        for (a, stored) in std::mem::take(&mut b.appended) {
+            if stored.message.conversation_id != a.conversation_id {
+                let why = "this client_msg_id was already used for a message in another conversation";
+                b.reject(self, &a.origin, a.sender_id, "duplicate_client_msg_id", why, &a.client_msg_id);
+                continue;
+            }
+            let ack = ack_of(&stored.message);
+            if !stored.fresh {
+                self.metrics.duplicates.inc();
+            }
+            if let Err(e) = self.sessions.dedup_put(a.sender_id, &a.client_msg_id, &ack, self.dedup_ttl()).await {
+                // The store's unique key still deduplicates a retry.
+                warn!(error = %e, "dedup entry not stored");
+            }
+            b.ack(&a.origin, a.sender_id, &a.client_msg_id, &ack);
+            kept.push((a, stored));
+        }
+        b.appended = kept;
+    }
+
+    /// Stage 7: deliver each newly stored message: 1:1 and small groups
+    /// here, large groups through the task tier.
+    pub(super) async fn fan_out(&self, b: &mut SendBatch) {
+        let threshold = self.cfg.group_fanout_threshold;
+        let fresh = || b.appended.iter().filter(|(_, s)| s.fresh);
+        let mut users: Vec<u64> = Vec::new();
+        for (a, _) in fresh() {
+            match &a.group {
+                None => users.extend([a.sender_id, a.peer_id]),
+                Some((_, m)) if m.len() <= threshold => users.extend(m.iter().copied()),
+                Some(_) => {}
+            }
+        }
+        users.sort_unstable();
+        users.dedup();
+        let sessions = self.sessions.sessions(&users).await.unwrap_or_else(|e| {
+            warn!(error = %e, "session lookup failed; recipients will catch up by sync");
+            Vec::new()
+        });
+        let mut by_user: HashMap<u64, Vec<&Session>> = HashMap::new();
+        for (uid, s) in &sessions {
+            by_user.entry(*uid).or_default().push(s);
+        }
+        let mut out = std::mem::take(&mut b.out);
+        for (a, stored) in fresh() {
+            let row = &stored.message;
+            let frame = frames::new_message(row);
+            let recipients: &[u64] = match &a.group {
+                Some((gid, members)) if members.len() > threshold => {
+                    // The ack is already queued; the fan-out happens in the task tier.
+                    let task = bus::FanoutTask {
+                        conversation_id: row.conversation_id.clone(),
+                        group_id: *gid,
+                        msg_id: row.msg_id,
+                        seq: row.seq,
+                        sender_id: a.sender_id,
+                        origin: Some(a.origin.clone()),
+                        frame,
+                        content_type: row.content_type.clone(),
+                        preview: super::preview(&row.content_type, &row.content),
+                        ts: row.created_at,
+                        also_notify: Vec::new(),
+                    };
+                    self.metrics.fanout_delegated.inc();
+                    self.produce_task(tasks::FANOUT, &row.conversation_id, row.msg_id, &a.trace_id, task).await;
+                    continue;
+                }
+                Some((_, members)) => members,
+                None => &[a.peer_id, a.sender_id][..],
+            };
+            self.metrics.fanout_inline.inc();
+            let before = out.len();
+            let origin = super::session_of(&a.origin);
+            let sessions = recipients.iter().flat_map(|u| by_user.get(u).into_iter().flatten().map(move |s| (*u, *s)));
+            fanout::plan(&frame, sessions, Some(&origin), self.task_cfg.max_push_recipients, &mut out);
+            debug!(trace_id = %a.trace_id, msg_id = row.msg_id, conversation_id = %row.conversation_id, seq = row.seq, pushes = out.len() - before, "message persisted");
+            if self.offline_push_enabled() {
+                let offline: Vec<u64> =
+                    recipients.iter().copied().filter(|u| *u != a.sender_id && !by_user.contains_key(u)).collect();
+                self.offline_push(&PushSource::from(row), offline, &a.trace_id).await;
+            }
+        }
+        b.out = out;
+    }
+}
