@@ -357,3 +357,45 @@ async fn running_out_of_file_descriptors_never_crashes_the_gateway() {
     let errors = srv.metric("gochat_gateway_accept_errors_total").await;
     assert!(errors.iter().map(|(_, v)| v).sum::<f64>() > 0.0, "accept errors were counted: {errors:?}");
 }
+
+/// A client_msg_id is one message: repeated in its conversation it is a
+/// retry (the original ack), reused in another conversation it is refused
+/// and nothing is stored; the `sys:` prefix belongs to the server.
+#[tokio::test]
+async fn client_msg_id_reuse_and_the_reserved_prefix() {
+    let dir = temp_dir("cmid");
+    let srv = Server::start(&dir, 1);
+    let (alice, alice_tok) = srv.user("alice").await;
+    let (bob, bob_tok) = srv.user("bob").await;
+    let (carol, _) = srv.user("carol").await;
+    let mut a = srv.connect(&alice_tok).await;
+
+    send(&mut a, text_msg("once", &bob, "to bob")).await;
+    let ack = recv(&mut a).await;
+    assert_eq!((ack["type"].as_str(), ack["seq"].as_u64()), (Some("message-ack"), Some(1)), "{ack}");
+    send(&mut a, text_msg("once", &bob, "to bob again")).await;
+    assert_eq!(recv(&mut a).await, ack, "a retry gets the original ack");
+
+    send(&mut a, text_msg("once", &carol, "to carol")).await;
+    let err = recv(&mut a).await;
+    assert_eq!(
+        (err["type"].as_str(), err["code"].as_str(), err["ref"].as_str()),
+        (Some("error"), Some("duplicate_client_msg_id"), Some("once")),
+        "{err}"
+    );
+    let cid_carol = conv_id(&alice, &carol);
+    let (s, page) = srv.get(&format!("/api/v1/conversations/{cid_carol}/messages"), &alice_tok).await;
+    assert_eq!((s, page["messages"].as_array().map(Vec::len)), (200, Some(0)), "nothing stored for carol: {page}");
+
+    send(&mut a, text_msg("sys:1", &bob, "spoofed")).await;
+    let err = recv(&mut a).await;
+    assert_eq!((err["code"].as_str(), err["ref"].as_str()), (Some("invalid_message"), Some("sys:1")), "{err}");
+
+    // The connection stays usable and the conversation has no gap.
+    send(&mut a, text_msg("next", &bob, "still fine")).await;
+    assert_eq!(recv(&mut a).await["seq"], 2);
+    let cid_bob = conv_id(&alice, &bob);
+    let (_, page) = srv.get(&format!("/api/v1/conversations/{cid_bob}/messages"), &bob_tok).await;
+    let seqs: Vec<u64> = page["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![1, 2]);
+}

@@ -400,3 +400,174 @@ impl Logic {
         b.out = out;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::moderation::Moderator;
+    use crate::session::{MemorySessionStore, SessionStore};
+    use crate::LogicDeps;
+    use gochat_common::bus::{MemoryBus, Topics};
+    use gochat_common::config::{LogicConfig, ModerationConfig, TaskConfig};
+    use gochat_common::ids::Snowflake;
+    use gochat_repo::sqlite::SqliteStore;
+    use gochat_repo::{Store, User};
+    use serde_json::Value;
+
+    const ALICE: u64 = 1;
+    const BOB: u64 = 2;
+
+    async fn logic() -> Arc<Logic> {
+        let store = SqliteStore::open("sqlite::memory:", 1, false).await.unwrap();
+        for (id, name) in [(ALICE, "alice"), (BOB, "bob")] {
+            let user = User {
+                id,
+                username: name.into(),
+                password_hash: String::new(),
+                nickname: name.into(),
+                avatar_url: String::new(),
+                created_at: 0,
+            };
+            store.create_user(&user).await.unwrap();
+        }
+        let bus = MemoryBus::new(1024);
+        Logic::new(LogicDeps {
+            store: Arc::new(store),
+            sessions: Arc::new(MemorySessionStore::new(1024)),
+            push_producer: bus.producer(),
+            bus_producer: bus.producer(),
+            ids: Arc::new(Snowflake::new(1).unwrap()),
+            cfg: LogicConfig::default(),
+            task_cfg: TaskConfig::default(),
+            moderator: Moderator::new(&ModerationConfig::default()).unwrap(),
+            topics: Topics::new(""),
+            dead_letter: None,
+        })
+    }
+
+    fn origin(conn_id: u64) -> bus::ConnRef {
+        bus::ConnRef { gateway_id: "gw0".into(), shard: 0, conn_id }
+    }
+
+    fn send_to(sender: u64, to: u64, cmid: &str) -> (String, bus::SendMessage) {
+        let s = bus::SendMessage {
+            sender_id: sender,
+            origin: Some(origin(sender * 100)),
+            client_msg_id: cmid.into(),
+            to_user_id: to,
+            content_type: "text".into(),
+            content: bytes::Bytes::from_static(br#"{"text":"hi"}"#),
+            ..Default::default()
+        };
+        (format!("trace-{cmid}"), s)
+    }
+
+    fn frames(out: &[Outbound]) -> Vec<Value> {
+        out.iter().map(|o| serde_json::from_slice(&o.frame).unwrap()).collect()
+    }
+
+    fn codes(out: &[Outbound]) -> Vec<String> {
+        frames(out).iter().map(|f| f["code"].as_str().unwrap_or("").to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn resolve_keeps_valid_sends_and_rejects_the_rest_with_their_ref() {
+        let l = logic().await;
+        let mut bad_type = send_to(ALICE, BOB, "bad-type");
+        bad_type.1.content_type = "video".into();
+        let mut outsider = send_to(ALICE, 0, "outsider");
+        outsider.1.conversation_id = "s_2_3".into();
+        let mut no_conv = send_to(ALICE, 0, "no-conv");
+        no_conv.1.conversation_id = "x_1".into();
+        let batch = vec![
+            send_to(ALICE, BOB, "ok"),
+            send_to(ALICE, BOB, "sys:7"),
+            bad_type,
+            outsider,
+            no_conv,
+            send_to(ALICE, BOB, ""),
+        ];
+        let mut b = SendBatch::default();
+        l.resolve(&batch, &mut b).await.unwrap();
+        assert_eq!(b.accepted.len(), 1);
+        assert_eq!((b.accepted[0].conversation_id.as_str(), b.accepted[0].peer_id), ("s_1_2", BOB));
+        assert_eq!(
+            codes(&b.out),
+            ["invalid_message", "invalid_message", "not_member", "invalid_conversation", "invalid_message"]
+        );
+        assert_eq!(frames(&b.out)[0]["ref"], "sys:7");
+    }
+
+    #[tokio::test]
+    async fn check_peers_rejects_unknown_users_only() {
+        let l = logic().await;
+        let mut b = SendBatch::default();
+        l.resolve(&[send_to(ALICE, BOB, "a"), send_to(ALICE, 99, "b")], &mut b).await.unwrap();
+        l.check_peers(&mut b).await.unwrap();
+        assert_eq!(b.accepted.iter().map(|a| a.client_msg_id.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(codes(&b.out), ["unknown_user"]);
+    }
+
+    #[tokio::test]
+    async fn persist_assigns_contiguous_seqs_and_folds_repeats() {
+        let l = logic().await;
+        let mut b = SendBatch::default();
+        let batch = [send_to(ALICE, BOB, "a"), send_to(BOB, ALICE, "a"), send_to(ALICE, BOB, "a")];
+        l.resolve(&batch, &mut b).await.unwrap();
+        l.persist(&mut b).await.unwrap();
+        let seen: Vec<(u64, bool)> = b.appended.iter().map(|(_, s)| (s.message.seq, s.fresh)).collect();
+        assert_eq!(seen, [(1, true), (2, true), (1, false)]);
+        assert_eq!(b.appended[2].1.message.msg_id, b.appended[0].1.message.msg_id);
+        assert_eq!(l.store.max_seq("s_1_2").await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn ack_answers_repeats_with_the_stored_ack_and_refuses_cross_conversation_reuse() {
+        let l = logic().await;
+        let mut b = SendBatch::default();
+        l.resolve(&[send_to(ALICE, BOB, "m")], &mut b).await.unwrap();
+        l.persist(&mut b).await.unwrap();
+        l.ack(&mut b).await;
+        let first = frames(&b.out).remove(0);
+        assert_eq!((first["type"].as_str(), first["seq"].as_u64()), (Some("message-ack"), Some(1)));
+
+        // The same id again: the original ack. The same id to someone else: refused.
+        let mut b = SendBatch::default();
+        l.resolve(&[send_to(ALICE, BOB, "m"), send_to(ALICE, 3, "m")], &mut b).await.unwrap();
+        l.persist(&mut b).await.unwrap();
+        l.ack(&mut b).await;
+        let out = frames(&b.out);
+        assert_eq!(out[0], first);
+        assert_eq!((out[1]["code"].as_str(), out[1]["ref"].as_str()), (Some("duplicate_client_msg_id"), Some("m")));
+        assert_eq!(b.appended.len(), 1, "only the same-conversation repeat goes on");
+        assert_eq!(l.store.max_seq("s_1_3").await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn recent_duplicates_are_answered_from_the_fast_store() {
+        let l = logic().await;
+        let ack = AckRecord { msg_id: 42, conversation_id: "s_1_2".into(), seq: 9, ts: 5 };
+        l.sessions.dedup_put(ALICE, "cached", &ack, std::time::Duration::from_secs(60)).await.unwrap();
+        let mut b = SendBatch::default();
+        l.resolve(&[send_to(ALICE, BOB, "cached"), send_to(ALICE, BOB, "new")], &mut b).await.unwrap();
+        l.answer_recent_duplicates(&mut b).await.unwrap();
+        assert_eq!(b.accepted.iter().map(|a| a.client_msg_id.as_str()).collect::<Vec<_>>(), ["new"]);
+        let out = frames(&b.out);
+        assert_eq!((out[0]["msg_id"].as_str(), out[0]["seq"].as_u64()), (Some("42"), Some(9)));
+    }
+
+    #[tokio::test]
+    async fn fan_out_pushes_fresh_messages_only_to_live_sessions() {
+        let l = logic().await;
+        let bob_conn = Session { gateway_id: "gw1".into(), shard: 1, conn_id: 7 };
+        l.sessions.add_session(BOB, bob_conn).await.unwrap();
+        let mut b = SendBatch::default();
+        l.resolve(&[send_to(ALICE, BOB, "x"), send_to(ALICE, BOB, "x")], &mut b).await.unwrap();
+        l.persist(&mut b).await.unwrap();
+        l.fan_out(&mut b).await;
+        // One new-message push to bob's connection; the repeat pushes nothing.
+        assert_eq!(b.out.len(), 1);
+        assert_eq!((&*b.out[0].gateway_id, b.out[0].shard, b.out[0].recipients[0].conn_id), ("gw1", 1, 7));
+        assert_eq!(frames(&b.out)[0]["type"], "new-message");
+    }
+}
