@@ -180,6 +180,17 @@ pub struct AuthConfig {
     pub argon2_memory_kib: u32,
     /// Argon2id passes over memory of new password hashes.
     pub argon2_iterations: u32,
+    /// Password hashes and checks (register, login) running at once per
+    /// process; each holds `argon2_memory_kib`. 0 = 2 per CPU.
+    pub max_concurrent_hashes: usize,
+    /// How long a register or login waits for a hashing slot before it is
+    /// answered 503 `server_busy` (with `Retry-After`).
+    pub hash_queue_timeout_ms: u64,
+    /// Failed logins for one username, within `login_failure_window_secs`,
+    /// after which further attempts are answered 429 `rate_limited` until
+    /// the window ends (counted per logic process). 0 = no limit.
+    pub login_failures_max: u32,
+    pub login_failure_window_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -333,6 +344,10 @@ impl Default for AuthConfig {
             token_ttl_secs: 7 * 24 * 3600,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
+            max_concurrent_hashes: 0,
+            hash_queue_timeout_ms: 5_000,
+            login_failures_max: 10,
+            login_failure_window_secs: 300,
         }
     }
 }

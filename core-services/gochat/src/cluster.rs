@@ -322,7 +322,8 @@ pub fn run_logic(cfg: Config) -> anyhow::Result<()> {
         if !group_ctx.wait_assigned(Duration::from_secs(60)).await {
             tracing::warn!(group, "no partition assignment after 60 s; serving anyway");
         }
-        let app = router(ApiState { logic, jwt, hash_cost: crate::tasks::hash_cost(&cfg), extra_metrics: None });
+        let (hasher, login_throttle) = crate::tasks::password_guards(&cfg);
+        let app = router(ApiState { logic, jwt, hasher, login_throttle, extra_metrics: None });
         let (http_addr, http) = serve_http(cfg.logic.http_listen, app, shutdown_rx.clone()).await?;
         info!(http = %http_addr, group, "gochat ready");
         wait_for_signal().await;

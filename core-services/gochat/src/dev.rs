@@ -128,10 +128,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             tokio::spawn(tasks.clone().run_retries(bus.subscribe_all(&topics.task_retry())?, shutdown_rx.clone()));
         let task_metrics = tasks.metrics.clone();
 
+        let (hasher, login_throttle) = crate::tasks::password_guards(&cfg);
         let state = ApiState {
             logic,
             jwt: jwt.clone(),
-            hash_cost: crate::tasks::hash_cost(&cfg),
+            hasher,
+            login_throttle,
             extra_metrics: Some(Arc::new(move |enc| task_metrics.render(enc))),
         };
         let api = Arc::new(TokioApi::new(router(state), tokio::runtime::Handle::current()));

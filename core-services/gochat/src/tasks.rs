@@ -42,3 +42,21 @@ pub fn runner(
 pub fn hash_cost(cfg: &Config) -> HashCost {
     HashCost { memory_kib: cfg.auth.argon2_memory_kib, iterations: cfg.auth.argon2_iterations }
 }
+
+/// The REST API's password hasher (bounded concurrency) and login throttle.
+pub fn password_guards(cfg: &Config) -> (gochat_logic::password::Hasher, Arc<gochat_logic::password::LoginThrottle>) {
+    let slots = match cfg.auth.max_concurrent_hashes {
+        0 => 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let hasher = gochat_logic::password::Hasher::new(
+        hash_cost(cfg),
+        slots,
+        Duration::from_millis(cfg.auth.hash_queue_timeout_ms),
+    );
+    let throttle = gochat_logic::password::LoginThrottle::new(
+        cfg.auth.login_failures_max,
+        Duration::from_secs(cfg.auth.login_failure_window_secs),
+    );
+    (hasher, Arc::new(throttle))
+}

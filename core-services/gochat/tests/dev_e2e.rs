@@ -399,3 +399,56 @@ async fn client_msg_id_reuse_and_the_reserved_prefix() {
     let seqs: Vec<u64> = page["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, vec![1, 2]);
 }
+
+/// Password hashing cannot be used to exhaust the server: failed logins for
+/// one username are throttled (429 with Retry-After), and logins beyond the
+/// hashing slots wait a bounded time, then get 503 `server_busy`.
+#[tokio::test]
+async fn login_floods_are_throttled_and_bounded() {
+    let dir = temp_dir("logins");
+    let env = [
+        ("GOCHAT_AUTH__LOGIN_FAILURES_MAX", "3"),
+        ("GOCHAT_AUTH__MAX_CONCURRENT_HASHES", "1"),
+        ("GOCHAT_AUTH__HASH_QUEUE_TIMEOUT_MS", "1"),
+    ];
+    let srv = Server::start_with(&dir, 1, &env);
+    srv.register("victim").await;
+    let login = |user: &'static str, password: &'static str| {
+        let (http, url) = (srv.http.clone(), srv.url("/api/v1/auth/login"));
+        async move {
+            let r = http.post(url).json(&json!({"username": user, "password": password})).send().await.unwrap();
+            let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            (r.status().as_u16(), retry_after, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // 20 logins at once against one hashing slot: some wait their turn and
+    // fail normally (401), the rest are refused at once with 503.
+    let answers = futures_util::future::join_all((0..20).map(|_| login("nobody", "wrong-password"))).await;
+    let busy: Vec<_> = answers.iter().filter(|a| a.0 == 503).collect();
+    assert!(!busy.is_empty(), "a full hasher refuses: {answers:?}");
+    assert!(answers.iter().all(|a| matches!(a.0, 401 | 503)), "{answers:?}");
+    assert_eq!((busy[0].1.as_deref(), busy[0].2["error"]["code"].as_str()), (Some("1"), Some("server_busy")));
+
+    // Three wrong passwords for the victim, then even the right one waits.
+    for _ in 0..3 {
+        let mut a = login("victim", "wrong-password").await;
+        while a.0 == 503 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            a = login("victim", "wrong-password").await;
+        }
+        assert_eq!(a.0, 401, "{a:?}");
+    }
+    let (status, retry_after, body) = login("VICTIM", "correct-horse").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("rate_limited")), "{body}");
+    let secs: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!((1..=300).contains(&secs), "{secs}");
+    assert!(body["error"]["retry_after_ms"].as_u64().unwrap() <= 300_000);
+    // Another username is unaffected.
+    srv.register("bystander").await;
+    let mut a = login("bystander", "correct-horse").await;
+    while a.0 == 503 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        a = login("bystander", "correct-horse").await;
+    }
+    assert_eq!(a.0, 200);
+}

@@ -28,22 +28,30 @@ pub type MetricsRenderer = Arc<dyn Fn(&mut TextEncoder) + Send + Sync>;
 pub struct ApiState {
     pub logic: Arc<Logic>,
     pub jwt: JwtKeys,
-    pub hash_cost: password::HashCost,
+    /// Password hashing with a bounded number of concurrent runs.
+    pub hasher: password::Hasher,
+    /// Failed logins per username (`auth.login_failures_max`).
+    pub login_throttle: Arc<password::LoginThrottle>,
     /// More families for /metrics (embedded mode: the in-process task tier).
     pub extra_metrics: Option<MetricsRenderer>,
 }
 
-/// A protocol error: status + snake_case code + human message.
+/// A protocol error: status + snake_case code + human message (and, for
+/// 429/503, how long to wait).
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), retry_after: None }
+    }
+    pub(crate) fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        Self { retry_after: Some(wait), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message) }
     }
     pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -56,13 +64,38 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        match self.retry_after {
+            Some(wait) => {
+                let ms = wait.as_millis() as u64;
+                body["error"]["retry_after_ms"] = json!(ms);
+                let secs = ms.div_ceil(1000).max(1);
+                (self.status, [(header::RETRY_AFTER, secs.to_string())], Json(body)).into_response()
+            }
+            None => (self.status, Json(body)).into_response(),
+        }
     }
 }
 
 impl From<RepoError> for ApiError {
     fn from(e: RepoError) -> Self {
         Self::internal(e)
+    }
+}
+
+impl From<password::HasherError> for ApiError {
+    fn from(e: password::HasherError) -> Self {
+        match e {
+            password::HasherError::Busy => Self {
+                retry_after: Some(std::time::Duration::from_secs(1)),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_busy",
+                    "too many logins in progress; retry shortly",
+                )
+            },
+            e => Self::internal(e),
+        }
     }
 }
 
@@ -165,9 +198,7 @@ async fn register(State(st): State<ApiState>, ApiJson(body): ApiJson<RegisterBod
     if nickname.trim().is_empty() || nickname.chars().count() > 64 || nickname.chars().any(char::is_control) {
         return Err(ApiError::bad_request("invalid_nickname", "nickname must be 1-64 printable characters"));
     }
-    let pw = body.password;
-    let hash =
-        tokio::task::spawn_blocking(move || password::hash(&pw, st.hash_cost)).await.map_err(ApiError::internal)?;
+    let hash = st.hasher.hash(body.password).await?;
     let user = User {
         id: st.logic.ids().next_id(),
         username: body.username,
@@ -198,17 +229,25 @@ struct LoginBody {
 }
 
 async fn login(State(st): State<ApiState>, ApiJson(body): ApiJson<LoginBody>) -> Result<Response, ApiError> {
+    if let Some(wait) = st.login_throttle.check(&body.username) {
+        return Err(ApiError::rate_limited("too many failed logins for this username", wait));
+    }
     let user = st.logic.store.user_by_username(&body.username).await?;
-    let phc =
-        user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| password::decoy_hash(st.hash_cost).to_owned());
-    let pw = body.password;
-    let ok = tokio::task::spawn_blocking(move || password::verify(&pw, &phc)).await.map_err(ApiError::internal)?;
+    let phc = user
+        .as_ref()
+        .map(|u| u.password_hash.clone())
+        .unwrap_or_else(|| password::decoy_hash(st.hasher.cost()).to_owned());
+    let ok = st.hasher.verify(body.password, phc).await?;
     match user {
         Some(u) if ok => {
+            st.login_throttle.succeeded(&body.username);
             let t = st.jwt.issue(u.id);
             Ok(Json(json!({"token": t.token, "user_id": u.id.to_string(), "expires_at": t.expires_at})).into_response())
         }
-        _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "wrong username or password")),
+        _ => {
+            st.login_throttle.failed(&body.username);
+            Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "wrong username or password"))
+        }
     }
 }
 

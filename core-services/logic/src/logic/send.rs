@@ -405,7 +405,7 @@ impl Logic {
 mod tests {
     use super::*;
     use crate::moderation::Moderator;
-    use crate::session::{MemorySessionStore, SessionStore};
+    use crate::session::MemorySessionStore;
     use crate::LogicDeps;
     use gochat_common::bus::{MemoryBus, Topics};
     use gochat_common::config::{LogicConfig, ModerationConfig, TaskConfig};
