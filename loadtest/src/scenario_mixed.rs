@@ -92,6 +92,7 @@ impl MixedArgs {
             max_missing: 0,
             max_duplicates: 0,
             timeout: self.timeout,
+            gateways: Vec::new(),
             inject_duplicate: false,
         }
     }

@@ -38,6 +38,11 @@ pub struct PingpongArgs {
     /// Handshake timeout, seconds.
     #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
+    /// Gateways (host:port, comma-separated): pair k's sender connects to
+    /// gateway k mod n and its receiver to the next one, so with two or more
+    /// every message crosses gateways. Default: the --url host.
+    #[arg(long, value_delimiter = ',')]
+    pub gateways: Vec<std::net::SocketAddr>,
     /// Fault injection (tests): the receiver counts its first delivery twice.
     #[arg(long, hide = true)]
     pub inject_duplicate: bool,
@@ -64,12 +69,14 @@ pub async fn run(ctx: &Ctx, a: &PingpongArgs, users: &[User]) -> Partial {
     let run_id = format!("{:x}w{}", now_us(), ctx.worker);
     // 1. Connect both ends of this process's pairs.
     let mut set = tokio::task::JoinSet::new();
+    let gateways = if a.gateways.is_empty() { vec![ctx.addr] } else { a.gateways.clone() };
     for pair in (ctx.worker..a.pairs).step_by(ctx.procs) {
         let (ua, ub) = (users[2 * pair].clone(), users[2 * pair + 1].clone());
-        let (addr, sa, sb) = (ctx.addr, ctx.src(2 * pair), ctx.src(2 * pair + 1));
+        let (sa, sb) = (ctx.src(2 * pair), ctx.src(2 * pair + 1));
+        let (ga, gb) = (gateways[pair % gateways.len()], gateways[(pair + 1) % gateways.len()]);
         set.spawn(async move {
-            let wa = ws::connect(addr, &ua.token, sa, timeout).await;
-            let wb = ws::connect(addr, &ub.token, sb, timeout).await;
+            let wa = ws::connect(ga, &ua.token, sa, timeout).await;
+            let wb = ws::connect(gb, &ub.token, sb, timeout).await;
             (pair, ua, ub, wa, wb)
         });
     }

@@ -167,7 +167,22 @@ impl Kafka {
                 Err((t, code)) => return Err(BusError::Broker(format!("creating topic {t}: {code}"))),
             }
         }
-        Ok(())
+        // The controller has the topic; wait until the broker's metadata
+        // shows it too (Apache Kafka propagates it asynchronously), so a
+        // producer or consumer created next finds its partitions.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let md = admin.inner().fetch_metadata(Some(topic), Duration::from_secs(5)).map_err(broker_err)?;
+            let known =
+                md.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+            if known {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(BusError::UnknownTopic(topic.into()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

@@ -210,7 +210,10 @@ pub fn spawn_ready_with_nofile(args: &[&str], env: &[(&str, &str)], nofile: Opti
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             // Warnings, errors and lifecycle lines always reach the test's stderr
             // (shown when it fails); everything with GOCHAT_TEST_LOGS set.
-            let loud = line.contains(r#""level":"WARN""#)
+            // Lines that are not JSON log records (a fatal `Error: ...` at
+            // exit, a panic) are always shown too.
+            let loud = !line.starts_with('{')
+                || line.contains(r#""level":"WARN""#)
                 || line.contains(r#""level":"ERROR""#)
                 || line.contains(r#""message":"partitions "#)
                 || line.contains(r#""message":"gochat ready""#);
