@@ -527,6 +527,7 @@ mod tests {
             max_http_head_bytes: 8192,
             max_http_body_bytes: 1 << 20,
             handshake_timeout_ms: 1000,
+            http_body_timeout_ms: 1000,
             idle_timeout_secs: 0,
             write_timeout_ms: 1000,
             ring_depth: 128,

@@ -38,6 +38,8 @@ pub struct ShardMetrics {
     /// HTTP requests refused with 400 because their target was not a clean
     /// origin-form path (never forwarded).
     pub http_bad_targets: Counter,
+    /// HTTP requests whose body did not arrive within the deadline (408).
+    pub http_body_timeouts: Counter,
 }
 
 impl ShardMetrics {
@@ -91,6 +93,12 @@ pub fn render(gateway_id: &str, shards: &[std::sync::Arc<ShardMetrics>], enc: &m
             "counter",
             "HTTP requests refused with 400 for a request-target that is not a clean origin-form path",
             |m| m.http_bad_targets.get(),
+        ),
+        (
+            "gochat_gateway_http_body_timeouts_total",
+            "counter",
+            "HTTP requests answered 408 because their body did not arrive in time",
+            |m| m.http_body_timeouts.get(),
         ),
         ("gochat_gateway_client_errors_total", "counter", "error frames sent for invalid client messages", |m| {
             m.client_errors.get()

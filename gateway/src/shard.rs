@@ -312,17 +312,15 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) -> bool {
                 break None;
             }
         };
-        while buf.len() < head.head_len + body_len {
-            let len = buf.len();
-            buf.resize(head.head_len + body_len, 0);
-            let n = stream.read(&mut buf[len..]).await.unwrap_or(0);
-            buf.truncate(len + n);
-            if n == 0 {
-                break;
+        match read_body(&shard, &mut stream, &mut buf, head.head_len + body_len).await {
+            BodyRead::Complete => {}
+            BodyRead::Closed => break None,
+            BodyRead::TimedOut => {
+                shard.metrics.http_body_timeouts.inc();
+                let r = http::error_response(408, "request_timeout", "request body not received in time", false);
+                let _ = stream.write_all(&r).await;
+                break None;
             }
-        }
-        if buf.len() < head.head_len + body_len {
-            break None;
         }
         let body = Bytes::copy_from_slice(&buf[head.head_len..head.head_len + body_len]);
         buf.drain(..head.head_len + body_len);
@@ -336,6 +334,40 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) -> bool {
         Some(head) => upgrade(shard, stream, head, buf).await,
         None => false,
     }
+}
+
+/// How reading a request body ended.
+enum BodyRead {
+    Complete,
+    Closed,
+    TimedOut,
+}
+
+/// Largest step the buffer grows by per read while a body arrives: memory
+/// follows the bytes actually received, never the announced Content-Length.
+const BODY_READ_STEP: usize = 16 << 10;
+
+/// Read until `buf` holds `total` bytes, within `gateway.http_body_timeout_ms`
+/// for the whole body.
+async fn read_body(shard: &Shard, stream: &mut TcpStream, buf: &mut Vec<u8>, total: usize) -> BodyRead {
+    let deadline = Duration::from_millis(shard.settings.http_body_timeout_ms);
+    let read = async {
+        while buf.len() < total {
+            let len = buf.len();
+            buf.resize(len + (total - len).min(BODY_READ_STEP), 0);
+            let n = stream.read(&mut buf[len..]).await.unwrap_or(0);
+            buf.truncate(len + n);
+            if n == 0 {
+                return BodyRead::Closed;
+            }
+        }
+        BodyRead::Complete
+    };
+    futures_lite::future::or(read, async {
+        glommio::timer::sleep(deadline).await;
+        BodyRead::TimedOut
+    })
+    .await
 }
 
 /// Plain HTTP: health and metrics here, the rest forwarded to the tokio tier.

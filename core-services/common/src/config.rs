@@ -60,6 +60,10 @@ pub struct GatewayConfig {
     pub max_http_body_bytes: usize,
     /// Time allowed to send a complete HTTP request head.
     pub handshake_timeout_ms: u64,
+    /// Time allowed to send a whole REST request body once its head arrived
+    /// (408 after it). The gateway's buffer grows with the bytes received,
+    /// never ahead of them.
+    pub http_body_timeout_ms: u64,
     /// A WebSocket that sends nothing (not even a ping) for this long is closed (1001).
     pub idle_timeout_secs: u64,
     /// A write that cannot make progress for this long drops the connection
@@ -327,6 +331,7 @@ impl Default for GatewayConfig {
             max_http_head_bytes: 8 << 10,
             max_http_body_bytes: 1 << 20,
             handshake_timeout_ms: 10_000,
+            http_body_timeout_ms: 10_000,
             idle_timeout_secs: 300,
             write_timeout_ms: 10_000,
             ring_depth: 4096,

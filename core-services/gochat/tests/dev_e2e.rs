@@ -452,3 +452,44 @@ async fn login_floods_are_throttled_and_bounded() {
     }
     assert_eq!(a.0, 200);
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Slow-body attack: sockets that announce a 1 MiB body and send none of it.
+/// The gateway's memory follows the bytes received (not the announced
+/// length), and each socket gets 408 once the body deadline passes.
+#[tokio::test]
+async fn announced_bodies_that_never_arrive_cost_nothing_and_time_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SOCKETS: usize = 200;
+    let dir = temp_dir("slowbody");
+    let srv = Server::start_with(&dir, 1, &[("GOCHAT_GATEWAY__HTTP_BODY_TIMEOUT_MS", "1500")]);
+    let before = rss_kib(srv.pid());
+    let mut socks = Vec::new();
+    for _ in 0..SOCKETS {
+        let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+        let head = "POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{\"us";
+        s.write_all(head.as_bytes()).await.unwrap();
+        socks.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown_mib = rss_kib(srv.pid()).saturating_sub(before) / 1024;
+    // Allocating the announced length would be 200 MiB.
+    assert!(grown_mib < 40, "{SOCKETS} announced 1 MiB bodies grew the server by {grown_mib} MiB");
+    for mut s in socks {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.expect("closed").unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{text}");
+        assert!(text.contains("request_timeout"), "{text}");
+    }
+    let timeouts: f64 = srv.metric("gochat_gateway_http_body_timeouts_total").await.iter().map(|(_, v)| v).sum();
+    assert_eq!(timeouts, SOCKETS as f64);
+    // The server still answers.
+    let (_, tok) = srv.user("after").await;
+    assert_eq!(srv.get("/api/v1/users/me", &tok).await.0, 200);
+}
