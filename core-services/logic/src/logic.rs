@@ -66,11 +66,12 @@ pub struct LogicMetrics {
     pub task_produce_failures: Counter,
     pub fanout_inline: Counter,
     pub fanout_delegated: Counter,
+    pub replayed_pushes: Counter,
 }
 
 impl LogicMetrics {
     pub fn render(&self, enc: &mut TextEncoder) {
-        let rows: [(&str, &str, &Counter); 18] = [
+        let rows: [(&str, &str, &Counter); 19] = [
             ("gochat_logic_records_total", "bus records consumed from im.upstream", &self.records),
             ("gochat_logic_corrupt_records_total", "records that could not be decoded", &self.corrupt_records),
             ("gochat_logic_sends_total", "send-message records processed", &self.sends),
@@ -93,6 +94,11 @@ impl LogicMetrics {
             ),
             ("gochat_logic_fanout_inline_total", "messages fanned out by logic", &self.fanout_inline),
             ("gochat_logic_fanout_delegated_total", "group messages handed to the task tier", &self.fanout_delegated),
+            (
+                "gochat_logic_replayed_pushes_total",
+                "already-stored messages pushed again (a replayed batch, or a retry past the dedup window)",
+                &self.replayed_pushes,
+            ),
         ];
         for (name, help, c) in rows {
             enc.family(name, "counter", help).sample(name, &[], c.get());

@@ -60,6 +60,8 @@ pub(super) struct SendBatch {
     pub accepted: Vec<Accepted>,
     /// After [`Logic::persist`]: each accepted send with what the store did.
     pub appended: Vec<(Accepted, Appended)>,
+    /// Acks for the fast store, written once the batch's frames are produced.
+    pub remember: Vec<(u64, String, AckRecord)>,
 }
 
 impl SendBatch {
@@ -85,6 +87,14 @@ impl Logic {
         let result = self.run_stages(batch, &mut b).await;
         // Whatever was decided (rejections, acks, pushes) is still a valid answer.
         self.deliver(std::mem::take(&mut b.out)).await;
+        // Only now may a retry be answered from the fast store: a crash before
+        // this point makes the replay go to the store, which re-pushes.
+        for (sender, cmid, ack) in &b.remember {
+            if let Err(e) = self.sessions.dedup_put(*sender, cmid, ack, self.dedup_ttl()).await {
+                // The store still deduplicates a retry.
+                warn!(error = %e, "dedup entry not stored");
+            }
+        }
         result
     }
 
@@ -325,21 +335,25 @@ impl Logic {
             if !stored.fresh {
                 self.metrics.duplicates.inc();
             }
-            if let Err(e) = self.sessions.dedup_put(a.sender_id, &a.client_msg_id, &ack, self.dedup_ttl()).await {
-                // The store's unique key still deduplicates a retry.
-                warn!(error = %e, "dedup entry not stored");
-            }
             b.ack(&a.origin, a.sender_id, &a.client_msg_id, &ack);
+            b.remember.push((a.sender_id, a.client_msg_id.clone(), ack));
             kept.push((a, stored));
         }
         b.appended = kept;
     }
 
-    /// Stage 7: deliver each newly stored message: 1:1 and small groups
-    /// here, large groups through the task tier.
+    /// Stage 7: deliver each message of the batch once: 1:1 and small
+    /// groups here, large groups through the task tier. A message that was
+    /// already stored is pushed again: it is a replay after a crash (the
+    /// first run may have died before its pushes were produced) or a retry
+    /// the fast store no longer remembers. Recipients drop a seq they hold
+    /// (protocol §4.3); the task tier's claims keep a re-sent fan-out task
+    /// from pushing twice.
     pub(super) async fn fan_out(&self, b: &mut SendBatch) {
         let threshold = self.cfg.group_fanout_threshold;
-        let fresh = || b.appended.iter().filter(|(_, s)| s.fresh);
+        let mut seen = std::collections::HashSet::new();
+        let once: Vec<bool> = b.appended.iter().map(|(_, s)| seen.insert(s.message.msg_id)).collect();
+        let fresh = || b.appended.iter().zip(&once).filter(|(_, first)| **first).map(|(x, _)| x);
         let mut users: Vec<u64> = Vec::new();
         for (a, _) in fresh() {
             match &a.group {
@@ -361,6 +375,9 @@ impl Logic {
         let mut out = std::mem::take(&mut b.out);
         for (a, stored) in fresh() {
             let row = &stored.message;
+            if !stored.fresh {
+                self.metrics.replayed_pushes.inc();
+            }
             let frame = frames::new_message(row);
             let recipients: &[u64] = match &a.group {
                 Some((gid, members)) if members.len() > threshold => {
@@ -565,9 +582,34 @@ mod tests {
         l.resolve(&[send_to(ALICE, BOB, "x"), send_to(ALICE, BOB, "x")], &mut b).await.unwrap();
         l.persist(&mut b).await.unwrap();
         l.fan_out(&mut b).await;
-        // One new-message push to bob's connection; the repeat pushes nothing.
+        // One new-message push to bob's connection; the in-batch repeat pushes nothing.
         assert_eq!(b.out.len(), 1);
         assert_eq!((&*b.out[0].gateway_id, b.out[0].shard, b.out[0].recipients[0].conn_id), ("gw1", 1, 7));
         assert_eq!(frames(&b.out)[0]["type"], "new-message");
+    }
+
+    #[tokio::test]
+    async fn a_replayed_batch_pushes_again_and_remembers_the_ack_after_delivery() {
+        let l = logic().await;
+        let bob_conn = Session { gateway_id: "gw1".into(), shard: 0, conn_id: 9 };
+        l.sessions.add_session(BOB, bob_conn).await.unwrap();
+        // First run: stored, but (as if it crashed) never delivered.
+        let mut b = SendBatch::default();
+        l.resolve(&[send_to(ALICE, BOB, "r")], &mut b).await.unwrap();
+        l.persist(&mut b).await.unwrap();
+        assert_eq!(l.sessions.dedup_get(ALICE, "r").await.unwrap(), None, "nothing remembered before delivery");
+        // The replay finds it stored, acks it with the stored values and pushes it again.
+        let mut b = SendBatch::default();
+        l.resolve(&[send_to(ALICE, BOB, "r")], &mut b).await.unwrap();
+        l.persist(&mut b).await.unwrap();
+        assert!(!b.appended[0].1.fresh);
+        l.ack(&mut b).await;
+        l.fan_out(&mut b).await;
+        let types: Vec<String> = frames(&b.out).iter().map(|f| f["type"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(types, ["message-ack", "new-message"]);
+        assert_eq!(l.metrics.replayed_pushes.get(), 1);
+        // The whole pipeline remembers the ack once the frames are produced.
+        l.process_sends(&[send_to(ALICE, BOB, "r")]).await.unwrap();
+        assert_eq!(l.sessions.dedup_get(ALICE, "r").await.unwrap().map(|a| a.seq), Some(1));
     }
 }
