@@ -307,6 +307,48 @@ impl SessionStore for RedisSessionStore {
         self.idempotent("dedup_put", &cmd).await
     }
 
+    async fn dedup_get_many(&self, keys: &[(u64, &str)]) -> Result<Vec<Option<AckRecord>>, SessionStoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for (sender, cmid) in keys {
+            cmd.arg(self.dedup_key(*sender, cmid));
+        }
+        let raw: Vec<Option<String>> = self.idempotent("dedup_get_many", &cmd).await?;
+        Ok(raw
+            .into_iter()
+            .map(|r| {
+                r.and_then(|raw| {
+                    let ack = decode_ack(&raw);
+                    if ack.is_none() {
+                        warn!("ignoring a malformed msg_dedup value");
+                    }
+                    ack
+                })
+            })
+            .collect())
+    }
+
+    async fn dedup_put_many(
+        &self,
+        entries: &[(u64, String, AckRecord)],
+        ttl: Duration,
+    ) -> Result<(), SessionStoreError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        if entries.is_empty() || ttl_ms == 0 {
+            for (sender, cmid, ack) in entries {
+                self.dedup_put(*sender, cmid, ack, ttl).await?;
+            }
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (sender, cmid, ack) in entries {
+            pipe.cmd("SET").arg(self.dedup_key(*sender, cmid)).arg(encode_ack(ack)).arg("PX").arg(ttl_ms).ignore();
+        }
+        self.idempotent("dedup_put_many", &pipe).await
+    }
+
     async fn cached_members(&self, group_id: u64) -> Result<Option<Arc<[u64]>>, SessionStoreError> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.members_key(group_id));

@@ -53,6 +53,27 @@ pub trait SessionStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<(), SessionStoreError>;
 
+    /// [`Self::dedup_get`] for many keys at once (one round trip on Redis),
+    /// one answer per key, in order.
+    async fn dedup_get_many(&self, keys: &[(u64, &str)]) -> Result<Vec<Option<AckRecord>>, SessionStoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for (sender, cmid) in keys {
+            out.push(self.dedup_get(*sender, cmid).await?);
+        }
+        Ok(out)
+    }
+    /// [`Self::dedup_put`] for many entries at once (one round trip on Redis).
+    async fn dedup_put_many(
+        &self,
+        entries: &[(u64, String, AckRecord)],
+        ttl: Duration,
+    ) -> Result<(), SessionStoreError> {
+        for (sender, cmid, ack) in entries {
+            self.dedup_put(*sender, cmid, ack, ttl).await?;
+        }
+        Ok(())
+    }
+
     /// A group's member ids (ascending) from the cache (`group_members:{gid}`),
     /// None on a miss. Cache-aside: the database is the truth.
     async fn cached_members(&self, group_id: u64) -> Result<Option<Arc<[u64]>>, SessionStoreError>;
@@ -261,6 +282,18 @@ pub(crate) mod conformance {
         assert_eq!(st.sessions(&[1]).await.unwrap(), vec![]);
     }
 
+    pub(crate) async fn dedup_many_at_once(st: &dyn SessionStore) {
+        let a = AckRecord { msg_id: 5, conversation_id: "s_1_2".into(), seq: 1, ts: 9 };
+        let b = AckRecord { msg_id: 6, conversation_id: "g_7".into(), seq: 2, ts: 10 };
+        assert!(st.dedup_get_many(&[]).await.unwrap().is_empty());
+        st.dedup_put_many(&[], Duration::from_secs(60)).await.unwrap();
+        let entries = vec![(1, "a".to_owned(), a.clone()), (2, "a".to_owned(), b.clone())];
+        st.dedup_put_many(&entries, Duration::from_secs(60)).await.unwrap();
+        let got = st.dedup_get_many(&[(2, "a"), (1, "missing"), (1, "a")]).await.unwrap();
+        assert_eq!(got, vec![Some(b), None, Some(a.clone())]);
+        assert_eq!(st.dedup_get(1, "a").await.unwrap(), Some(a));
+    }
+
     pub(crate) async fn dedup_put_get_expiry_per_sender(st: &dyn SessionStore) {
         let ack = AckRecord { msg_id: 5, conversation_id: "s_1_2".into(), seq: 1, ts: 9 };
         let odd = AckRecord { msg_id: u64::MAX, conversation_id: "g|x:y".into(), seq: u64::MAX, ts: -1 };
@@ -339,6 +372,7 @@ pub(crate) mod conformance {
             $crate::session::conformance::conformance_tests!(@each $make, $cleanup;
                 sessions_add_remove_and_lookup,
                 dedup_put_get_expiry_per_sender,
+                dedup_many_at_once,
                 purge_gateway_removes_only_that_gateway,
                 member_cache_is_cache_aside,
                 claims_are_first_come_with_expiry);

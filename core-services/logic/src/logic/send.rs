@@ -89,11 +89,9 @@ impl Logic {
         self.deliver(std::mem::take(&mut b.out)).await;
         // Only now may a retry be answered from the fast store: a crash before
         // this point makes the replay go to the store, which re-pushes.
-        for (sender, cmid, ack) in &b.remember {
-            if let Err(e) = self.sessions.dedup_put(*sender, cmid, ack, self.dedup_ttl()).await {
-                // The store still deduplicates a retry.
-                warn!(error = %e, "dedup entry not stored");
-            }
+        if let Err(e) = self.sessions.dedup_put_many(&b.remember, self.dedup_ttl()).await {
+            // The store still deduplicates a retry.
+            warn!(error = %e, entries = b.remember.len(), "dedup entries not stored");
         }
         result
     }
@@ -279,8 +277,10 @@ impl Logic {
     /// from it, without touching the database. Only an optimisation: the
     /// store's append deduplicates by itself.
     pub(super) async fn answer_recent_duplicates(&self, b: &mut SendBatch) -> Result<(), LogicError> {
-        for a in std::mem::take(&mut b.accepted) {
-            match self.sessions.dedup_get(a.sender_id, &a.client_msg_id).await? {
+        let keys: Vec<(u64, &str)> = b.accepted.iter().map(|a| (a.sender_id, a.client_msg_id.as_str())).collect();
+        let cached = self.sessions.dedup_get_many(&keys).await?;
+        for (a, cached) in std::mem::take(&mut b.accepted).into_iter().zip(cached) {
+            match cached {
                 Some(ack) if ack.conversation_id == a.conversation_id => {
                     self.metrics.duplicates.inc();
                     b.ack(&a.origin, a.sender_id, &a.client_msg_id, &ack);
