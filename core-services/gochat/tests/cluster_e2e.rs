@@ -1002,3 +1002,73 @@ async fn a_killed_logic_restarted_at_once_gets_every_partition_back() {
         }
     }
 }
+
+/// Rebalance while a batch is stuck: the repo is frozen (SIGSTOP) with
+/// batches in flight, a second logic process joins and takes over some
+/// partitions, then the repo resumes. Whatever both members did with the
+/// records in between, every message is stored once, its seq is the one
+/// acked (a retry always gets the same ack), and seqs stay 1..N.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebalance_while_the_repo_is_frozen_acks_nothing_twice() {
+    const PER_CONVERSATION: usize = 150;
+    let mut c = Cluster::start_fixed("fence", 1, 1);
+    let addrs = vec![c.gateways[0].addr];
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    let mut conversations = Vec::new();
+    let mut streams = Vec::new();
+    for s in 0..3 {
+        let (sender, tok) = c.gateways[0].user(&format!("fence-s{s}")).await;
+        let (peer, _) = c.gateways[0].user(&format!("fence-r{s}")).await;
+        conversations.push((conv_id(&sender, &peer), format!("f{s}")));
+        streams.push(tokio::spawn(stream_until_acked(Stream {
+            addrs: addrs.clone(),
+            token: tok,
+            to: peer,
+            tag: format!("f{s}"),
+            total: PER_CONVERSATION,
+            window: 8,
+            pace: Duration::from_millis(20),
+            deadline,
+        })));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let repo_pid = c.repo.as_ref().unwrap().pid().to_string();
+    assert!(Command::new("kill").args(["-STOP", &repo_pid]).status().unwrap().success());
+    // Thaw the repo a few seconds later, while the new member waits for its share.
+    let thaw = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(4));
+        Command::new("kill").args(["-CONT", &repo_pid]).status().unwrap();
+    });
+    c.start_logic_on(1); // joins the group: a rebalance with logic#1 stuck mid-batch
+    thaw.join().unwrap();
+    let mut acked = Vec::new();
+    for s in streams {
+        acked.push(s.await.expect("a sender failed"));
+    }
+    let pool = sqlx::MySqlPool::connect(&c.database_url()).await.unwrap();
+    for ((cid, tag), acks) in conversations.iter().zip(&acked) {
+        let rows: Vec<(u64, u64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, id, client_msg_id FROM messages WHERE conversation_id = ? ORDER BY seq")
+                .bind(cid)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            (1..=PER_CONVERSATION as u64).collect::<Vec<_>>(),
+            "{cid}: seqs 1..N"
+        );
+        for (i, (seq, msg_id)) in acks {
+            let row = &rows[(*seq - 1) as usize];
+            assert_eq!((row.1.to_string(), String::from_utf8_lossy(&row.2).into_owned()), (msg_id.clone(), format!("{tag}-{i}")));
+        }
+    }
+    let records: Vec<f64> = {
+        let mut v = Vec::new();
+        for l in &c.logic {
+            v.push(l.metric("gochat_logic_records_total").await[0].1);
+        }
+        v
+    };
+    eprintln!("records per logic process: {records:?}");
+}

@@ -220,15 +220,15 @@ impl Logic {
             return Ok(());
         }
         let found = self.store.existing_users(&unknown).await?;
-        let known = {
+        // Still sorted: `unknown` was.
+        let missing: Vec<u64> = {
             let mut known = self.known_users.lock().expect("known users lock");
             if known.len() + found.len() > KNOWN_USERS_CAP {
                 known.clear();
             }
             known.extend(found);
-            unknown.into_iter().filter(|u| !known.contains(u)).collect::<Vec<u64>>()
+            unknown.into_iter().filter(|u| !known.contains(u)).collect()
         };
-        let missing = known;
         for a in std::mem::take(&mut b.accepted) {
             if a.group.is_none() && missing.binary_search(&a.peer_id).is_ok() {
                 b.reject(
