@@ -1060,7 +1060,10 @@ async fn a_rebalance_while_the_repo_is_frozen_acks_nothing_twice() {
         );
         for (i, (seq, msg_id)) in acks {
             let row = &rows[(*seq - 1) as usize];
-            assert_eq!((row.1.to_string(), String::from_utf8_lossy(&row.2).into_owned()), (msg_id.clone(), format!("{tag}-{i}")));
+            assert_eq!(
+                (row.1.to_string(), String::from_utf8_lossy(&row.2).into_owned()),
+                (msg_id.clone(), format!("{tag}-{i}"))
+            );
         }
     }
     let records: Vec<f64> = {
