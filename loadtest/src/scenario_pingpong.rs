@@ -1,4 +1,5 @@
-//! `pingpong`: P pairs (a -> b); each sender sends `send-message` at R msgs/s open-loop.
+//! `pingpong`: P pairs (a -> b); each sender sends `send-message` at R msgs/s open-loop,
+//! pair k phased by k/(P*R) s so the aggregate is a steady P*R msgs/s.
 //! Latency = arrival of `new-message` at b minus the message's scheduled send time.
 //! Every acked seq must be delivered exactly once: missing and duplicates are counted.
 
@@ -121,7 +122,12 @@ pub async fn run(ctx: &Ctx, a: &PingpongArgs, users: &[User]) -> Partial {
         let rate = a.rate;
         let to = ub.user_id.clone();
         let pre = prefix.clone();
-        let s = tokio::spawn(async move { sender(wa, to, pre, rate, (t0, t0_us), end, grace_end, tx).await });
+        // Pairs are phased evenly over one sending interval, so P pairs at R
+        // msg/s make a steady stream of P x R msg/s instead of a burst of P
+        // messages every 1/R s.
+        let phase = Duration::from_secs_f64(pair as f64 / a.pairs.max(1) as f64 / rate);
+        let start = (t0 + phase, t0_us + phase.as_micros() as u64);
+        let s = tokio::spawn(async move { sender(wa, to, pre, rate, start, end, grace_end, tx).await });
         let r = tokio::spawn(async move { receiver(wb, prefix, grace_end, rx, inject).await });
         pairs.spawn(async move { (s.await, r.await) });
     }
