@@ -861,6 +861,34 @@ async fn sync_all(addrs: &[std::net::SocketAddr], token: &str, cid: &str) -> Vec
     }
 }
 
+/// `cid` holds seqs 1..=`n` in the database, and each acked `{tag}-{i}` is
+/// stored at its acked seq with its acked msg_id. Returns the seqs.
+async fn assert_stored_as_acked(
+    pool: &sqlx::MySqlPool,
+    cid: &str,
+    tag: &str,
+    acks: &HashMap<usize, (u64, String)>,
+    n: usize,
+) -> Vec<u64> {
+    let rows: Vec<(u64, u64, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, id, client_msg_id FROM messages WHERE conversation_id = ? ORDER BY seq")
+            .bind(cid)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let seqs: Vec<u64> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(seqs, (1..=n as u64).collect::<Vec<_>>(), "{cid}: seqs 1..N, no gap");
+    for (i, (seq, msg_id)) in acks {
+        let row = &rows[(*seq - 1) as usize];
+        assert_eq!(
+            (row.1.to_string(), String::from_utf8_lossy(&row.2).into_owned()),
+            (msg_id.clone(), format!("{tag}-{i}")),
+            "{cid}: acked seq {seq} holds the acked message"
+        );
+    }
+    seqs
+}
+
 /// The seq promise under a crash loop: logic and the repo are `kill -9`ed at
 /// random moments (at least 10 times in all, restarted at once) while 4
 /// senders stream 3,200 messages into 8 conversations. Every conversation
@@ -939,22 +967,7 @@ async fn crash_loop_of_logic_and_repo_leaves_no_seq_gap() {
 
     let pool = sqlx::MySqlPool::connect(&c.database_url()).await.unwrap();
     for ((cid, tag, rtok), acks) in conversations.iter().zip(&acked) {
-        let rows: Vec<(u64, u64, Vec<u8>)> =
-            sqlx::query_as("SELECT seq, id, client_msg_id FROM messages WHERE conversation_id = ? ORDER BY seq")
-                .bind(cid)
-                .fetch_all(&pool)
-                .await
-                .unwrap();
-        let seqs: Vec<u64> = rows.iter().map(|r| r.0).collect();
-        assert_eq!(seqs, (1..=PER_CONVERSATION as u64).collect::<Vec<_>>(), "{cid}: seqs 1..N, no gap");
-        for (i, (seq, msg_id)) in acks {
-            let row = &rows[(*seq - 1) as usize];
-            assert_eq!(
-                (row.1.to_string(), String::from_utf8_lossy(&row.2).into_owned()),
-                (msg_id.clone(), format!("{tag}-{i}")),
-                "{cid}: acked seq {seq} holds the acked message"
-            );
-        }
+        let seqs = assert_stored_as_acked(&pool, cid, tag, acks, PER_CONVERSATION).await;
         let got = sync_all(&addrs, rtok, cid).await;
         assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), seqs, "{cid}: sync returns each seq once, in order");
         let ids: BTreeSet<&String> = got.iter().map(|g| &g.1).collect();
@@ -1047,24 +1060,7 @@ async fn a_rebalance_while_the_repo_is_frozen_acks_nothing_twice() {
     }
     let pool = sqlx::MySqlPool::connect(&c.database_url()).await.unwrap();
     for ((cid, tag), acks) in conversations.iter().zip(&acked) {
-        let rows: Vec<(u64, u64, Vec<u8>)> =
-            sqlx::query_as("SELECT seq, id, client_msg_id FROM messages WHERE conversation_id = ? ORDER BY seq")
-                .bind(cid)
-                .fetch_all(&pool)
-                .await
-                .unwrap();
-        assert_eq!(
-            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-            (1..=PER_CONVERSATION as u64).collect::<Vec<_>>(),
-            "{cid}: seqs 1..N"
-        );
-        for (i, (seq, msg_id)) in acks {
-            let row = &rows[(*seq - 1) as usize];
-            assert_eq!(
-                (row.1.to_string(), String::from_utf8_lossy(&row.2).into_owned()),
-                (msg_id.clone(), format!("{tag}-{i}"))
-            );
-        }
+        assert_stored_as_acked(&pool, cid, tag, acks, PER_CONVERSATION).await;
     }
     let records: Vec<f64> = {
         let mut v = Vec::new();
