@@ -13,6 +13,7 @@ use futures_util::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Topic names used on the message path, behind an optional prefix
@@ -98,6 +99,14 @@ pub trait Consumer: Send + 'static {
     fn next_batch(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Record>, BusError>>;
     /// Mark everything returned so far as processed (Kafka: commit offsets).
     fn commit(&mut self) -> BoxFuture<'_, Result<(), BusError>>;
+    /// Wait `pause` (a retry backoff) with the last batch still in hand,
+    /// as a live consumer: fetching pauses until the next
+    /// [`Self::next_batch`], group membership is serviced (Kafka: no
+    /// eviction after `max.poll.interval.ms`, rebalances proceed). Returns
+    /// the partitions revoked meanwhile: their records in hand belong to
+    /// another member now and must be dropped, neither processed further
+    /// nor committed.
+    fn hold(&mut self, pause: Duration) -> BoxFuture<'_, Result<Vec<u32>, BusError>>;
 }
 
 /// Default partitioner: FNV-1a of the key. Kafka mode uses the broker
@@ -254,6 +263,14 @@ struct MemConsumer {
 }
 
 impl Consumer for MemConsumer {
+    fn hold(&mut self, pause: Duration) -> BoxFuture<'_, Result<Vec<u32>, BusError>> {
+        // One member owns every partition of an in-process topic: nothing is revoked.
+        Box::pin(async move {
+            tokio::time::sleep(pause).await;
+            Ok(Vec::new())
+        })
+    }
+
     fn next_batch(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Record>, BusError>> {
         Box::pin(async move {
             let max = max.max(1);

@@ -104,6 +104,11 @@ pub struct KafkaConfig {
     /// without a rebalance. Worker ids must then be unique per group (a
     /// second live process with the same id is fenced by the broker).
     pub static_membership: bool,
+    /// Longest a group member may go without polling before the broker
+    /// evicts it (`max.poll.interval.ms`, at least the 10 s session
+    /// timeout). Logic keeps polling while it retries a failing batch, so
+    /// only a single store call hanging this long evicts it.
+    pub max_poll_interval_ms: u32,
     /// Producer delivery timeout (`message.timeout.ms`).
     pub message_timeout_ms: u32,
     /// Records librdkafka buffers per producer before `QueueFull`
@@ -128,6 +133,7 @@ impl Default for KafkaConfig {
             linger_ms: 1,
             fetch_wait_max_ms: 500,
             static_membership: true,
+            max_poll_interval_ms: 300_000,
             message_timeout_ms: 30_000,
             queue_buffering_max_messages: 100_000,
             replication_factor: 1,
@@ -206,6 +212,11 @@ pub struct LogicConfig {
     pub upstream_queue_records: usize,
     /// Most records logic takes from the bus per batch.
     pub batch_max: usize,
+    /// Attempts at a batch that fails with a non-transient error (a statement
+    /// the database refuses) before its records are retried one by one and
+    /// those that still fail are dead-lettered. Transient failures (store
+    /// or repo unreachable) are retried without a bound.
+    pub batch_max_attempts: u32,
     /// Largest `content` of a message, as compact JSON bytes.
     pub max_content_bytes: usize,
     /// Largest `limit` of a sync or history page.
@@ -363,6 +374,7 @@ impl Default for LogicConfig {
             upstream_partitions: 8,
             upstream_queue_records: 65_536,
             batch_max: 256,
+            batch_max_attempts: 5,
             max_content_bytes: 64 << 10,
             page_max: 100,
             page_default: 50,
@@ -463,8 +475,8 @@ impl Config {
         if self.gateway.read_buffer_bytes < 1024 {
             return bad("gateway.read_buffer_bytes must be >= 1024");
         }
-        if self.logic.upstream_partitions == 0 || self.logic.batch_max == 0 {
-            return bad("logic.upstream_partitions and logic.batch_max must be > 0");
+        if self.logic.upstream_partitions == 0 || self.logic.batch_max == 0 || self.logic.batch_max_attempts == 0 {
+            return bad("logic.upstream_partitions, logic.batch_max and logic.batch_max_attempts must be > 0");
         }
         if self.logic.page_default == 0 || self.logic.page_default > self.logic.page_max {
             return bad("logic.page_default must be 1..=page_max");

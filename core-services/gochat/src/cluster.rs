@@ -323,7 +323,10 @@ pub fn run_logic(cfg: Config) -> anyhow::Result<()> {
             tracing::warn!(group, "no partition assignment after 60 s; serving anyway");
         }
         let (hasher, login_throttle) = crate::tasks::password_guards(&cfg);
-        let app = router(ApiState { logic, jwt, hasher, login_throttle, extra_metrics: None });
+        let (stats, upstream) = (group_ctx.stats(), topics.upstream());
+        let extra_metrics: Option<gochat_logic::api::MetricsRenderer> =
+            Some(Arc::new(move |enc| stats.render(enc, &upstream)));
+        let app = router(ApiState { logic, jwt, hasher, login_throttle, extra_metrics });
         let (http_addr, http) = serve_http(cfg.logic.http_listen, app, shutdown_rx.clone()).await?;
         info!(http = %http_addr, group, "gochat ready");
         wait_for_signal().await;

@@ -252,7 +252,13 @@ impl Cluster {
     /// Start with a repo process (logic persists through gRPC) and logic on
     /// fixed ports, so restarted processes are found at the same addresses.
     fn start_fixed(name: &str, logic_count: usize, gateway_count: usize) -> Self {
+        Cluster::start_fixed_with(name, logic_count, gateway_count, &[])
+    }
+
+    /// [`Self::start_fixed`] with extra settings for every process.
+    fn start_fixed_with(name: &str, logic_count: usize, gateway_count: usize, extra: &[(&str, &str)]) -> Self {
         let mut c = Cluster::start(name, 0, 0);
+        c.env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let repo_port = free_port();
         c.repo_port = Some(repo_port);
         c.env.push(("GOCHAT_REPO__ENDPOINT".into(), format!("http://127.0.0.1:{repo_port}")));
@@ -1070,4 +1076,56 @@ async fn a_rebalance_while_the_repo_is_frozen_acks_nothing_twice() {
         v
     };
     eprintln!("records per logic process: {records:?}");
+}
+
+/// A logic process retrying a batch against a frozen repo stays in its
+/// consumer group: it holds the batch with fetching paused and keeps
+/// polling, so the broker does not evict it after `max.poll.interval.ms`
+/// (15 s here) even though the repo stays frozen for 25 s. Before, the
+/// retry loop slept without polling: the member was evicted, rejoined, and
+/// its partitions went through a revoke and a new assignment. Afterwards
+/// every message is stored once with its acked seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logic_retrying_a_frozen_repo_stays_in_its_group() {
+    const PER_CONVERSATION: usize = 40;
+    let c = Cluster::start_fixed_with("hold", 1, 1, &[("GOCHAT_KAFKA__MAX_POLL_INTERVAL_MS", "15000")]);
+    let addrs = vec![c.gateways[0].addr];
+    let rebalances = || async { c.logic[0].metric("gochat_kafka_rebalances_total").await[0].1 };
+    let before = rebalances().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    let mut conversations = Vec::new();
+    let mut streams = Vec::new();
+    for s in 0..2 {
+        let (sender, tok) = c.gateways[0].user(&format!("hold-s{s}")).await;
+        let (peer, _) = c.gateways[0].user(&format!("hold-r{s}")).await;
+        conversations.push((conv_id(&sender, &peer), format!("h{s}")));
+        streams.push(tokio::spawn(stream_until_acked(Stream {
+            addrs: addrs.clone(),
+            token: tok,
+            to: peer,
+            tag: format!("h{s}"),
+            total: PER_CONVERSATION,
+            window: 4,
+            pace: Duration::from_millis(100),
+            deadline,
+        })));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let repo_pid = c.repo.as_ref().unwrap().pid().to_string();
+    assert!(Command::new("kill").args(["-STOP", &repo_pid]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert!(Command::new("kill").args(["-CONT", &repo_pid]).status().unwrap().success());
+    let mut acked = Vec::new();
+    for s in streams {
+        acked.push(s.await.expect("a sender failed"));
+    }
+    let after = rebalances().await;
+    let retries = c.logic[0].metric("gochat_logic_batch_retries_total").await[0].1;
+    eprintln!("batch retries during the freeze: {retries}; rebalances before {before}, after {after}");
+    assert!(retries >= 2.0, "the freeze made batches fail and retry ({retries})");
+    assert_eq!(after, before, "the retrying member was evicted from its group and rejoined");
+    let pool = sqlx::MySqlPool::connect(&c.database_url()).await.unwrap();
+    for ((cid, tag), acks) in conversations.iter().zip(&acked) {
+        assert_stored_as_acked(&pool, cid, tag, acks, PER_CONVERSATION).await;
+    }
 }

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use gochat_common::bus::{BusError, Consumer, Producer, Record};
+use gochat_common::metrics::{Counter, Gauge, TextEncoder};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
@@ -28,11 +29,14 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::AsyncRuntime;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
+
+pub mod gap;
+use gap::{GapCounts, GapGuard, GapPolicy, Next};
 
 pub use rdkafka::util::{NaiveRuntime, TokioRuntime};
 
@@ -97,6 +101,7 @@ impl Kafka {
             .set("fetch.min.bytes", "1")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
+            .set("max.poll.interval.ms", self.cfg.max_poll_interval_ms.max(10_000).to_string())
             .set("partition.assignment.strategy", "cooperative-sticky");
         c
     }
@@ -128,7 +133,7 @@ impl Kafka {
         let inner: StreamConsumer<GroupContext, R> =
             self.member_config(client_id, group).create_with_context(GroupContext::default()).map_err(broker_err)?;
         inner.subscribe(&[topic]).map_err(broker_err)?;
-        Ok(KafkaConsumer::new(inner, topic, true, None))
+        Ok(KafkaConsumer::new(inner, topic, true, GapPolicy::Halt, None))
     }
 
     /// A consumer of exactly one partition, starting at its end (a gateway
@@ -151,7 +156,7 @@ impl Kafka {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition as i32, Offset::Offset(high)).map_err(broker_err)?;
         inner.assign(&tpl).map_err(broker_err)?;
-        Ok(KafkaConsumer::new(inner, topic, false, Some((partition as i32, high))))
+        Ok(KafkaConsumer::new(inner, topic, false, GapPolicy::Accept, Some((partition as i32, high))))
     }
 
     /// Create `topic` with `partitions` partitions unless it exists.
@@ -255,31 +260,102 @@ impl<R: AsyncRuntime> Producer for KafkaProducer<R> {
     }
 }
 
-/// Records the group's first assignment, so a process can report ready
-/// only once it really consumes.
+/// A consumer's health, shared with whoever renders `/metrics`.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    /// Assignment changes seen by this member.
+    pub rebalances: Counter,
+    /// Records dropped from a batch in hand because their partition was
+    /// revoked before the batch was done (the new owner processes them).
+    pub revoked_in_flight: Counter,
+    pub gaps_repaired: Gauge,
+    pub gaps_unhealed: Gauge,
+    pub partitions_halted: Gauge,
+}
+
+impl ConsumerStats {
+    /// Render as Prometheus families labelled `topic`.
+    pub fn render(&self, enc: &mut TextEncoder, topic: &str) {
+        let labels = [("topic", topic)];
+        let rows: [(&str, &str, &str, u64); 5] = [
+            (
+                "gochat_kafka_rebalances_total",
+                "counter",
+                "assignment changes seen by this member",
+                self.rebalances.get(),
+            ),
+            (
+                "gochat_kafka_revoked_in_flight_total",
+                "counter",
+                "records of a batch in hand dropped because their partition was revoked",
+                self.revoked_in_flight.get(),
+            ),
+            (
+                "gochat_kafka_gaps_repaired_total",
+                "counter",
+                "skipped offsets read after going back for them",
+                self.gaps_repaired.get(),
+            ),
+            (
+                "gochat_kafka_gaps_unhealed_total",
+                "counter",
+                "offset gaps that did not heal (accepted on push partitions, halting elsewhere)",
+                self.gaps_unhealed.get(),
+            ),
+            (
+                "gochat_kafka_partitions_halted",
+                "gauge",
+                "partitions stopped at an unhealed gap (alert on > 0)",
+                self.partitions_halted.get(),
+            ),
+        ];
+        for (name, kind, help, v) in rows {
+            enc.family(name, kind, help).sample(name, &labels, v);
+        }
+    }
+}
+
+/// Records the group's assignments: a process reports ready only once it
+/// really consumes; revoked partitions are remembered until the consumer
+/// drops their records; while the consumer holds a batch, newly assigned
+/// partitions are paused too.
 #[derive(Default, Clone)]
 pub struct GroupContext {
     assigned: Arc<AtomicBool>,
     /// Bumped on every assignment change: the consumer's expected offsets
     /// are stale after one (a partition may come back at another offset).
     rebalances: Arc<AtomicU64>,
+    /// Partitions revoked and not yet dropped by the consumer.
+    revoked: Arc<Mutex<Vec<i32>>>,
+    /// The consumer holds its batch: fetching is paused.
+    held: Arc<AtomicBool>,
+    stats: Arc<ConsumerStats>,
     notify: Arc<tokio::sync::Notify>,
 }
 
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         // Logged at info: a member that stops consuming is first suspected
         // of having lost its partitions.
         self.rebalances.fetch_add(1, Ordering::AcqRel);
+        self.stats.rebalances.inc();
         match rebalance {
             Rebalance::Assign(tpl) => {
                 info!(partitions = %partition_list(tpl), "partitions assigned");
+                if self.held.load(Ordering::Acquire) {
+                    if let Err(e) = consumer.pause(tpl) {
+                        warn!(error = %e, "pausing newly assigned partitions failed");
+                    }
+                }
                 self.assigned.store(true, Ordering::Release);
                 self.notify.notify_waiters();
             }
-            Rebalance::Revoke(tpl) => info!(partitions = %partition_list(tpl), "partitions revoked"),
+            Rebalance::Revoke(tpl) => {
+                info!(partitions = %partition_list(tpl), "partitions revoked");
+                self.revoked.lock().expect("revoked list").extend(tpl.elements().iter().map(|e| e.partition()));
+            }
             Rebalance::Error(e) => warn!(error = %e, "rebalance failed"),
         }
     }
@@ -309,25 +385,17 @@ impl GroupContext {
             }
         }
     }
+
+    /// The consumer's counters, for `/metrics`.
+    pub fn stats(&self) -> Arc<ConsumerStats> {
+        self.stats.clone()
+    }
 }
 
-/// How often a consumer goes back for a skipped offset before accepting
-/// the gap, and the pause before each try (grows linearly).
-const GAP_RETRIES: u32 = 20;
-const GAP_RETRY_PAUSE: Duration = Duration::from_millis(5);
-
 /// rdkafka consumer behind the bus trait. Offsets are committed only by
-/// [`Consumer::commit`], i.e. after the caller processed the batch.
-///
-/// Gap guard: GoChat's topics are neither compacted nor transactional, so a
-/// partition's offsets are contiguous and a record past the next expected
-/// offset means the broker answered a fetch before an earlier batch was
-/// readable. tansu 0.6 (memory engine) does this when producers append to a
-/// partition concurrently: it advances the high watermark before the batch
-/// is stored. The consumer then seeks back to the expected offset and
-/// fetches again; after [`GAP_RETRIES`] tries it accepts the gap with a
-/// warning (a real gap, e.g. a topic someone compacted). Apache Kafka and
-/// Redpanda never trigger it.
+/// [`Consumer::commit`], i.e. after the caller processed the batch, and
+/// never for a partition revoked meanwhile. Every record passes the gap
+/// guard ([`gap`]).
 pub struct KafkaConsumer<R> {
     inner: StreamConsumer<GroupContext, R>,
     /// Next offset to commit per partition of `topic`, from batches handed out.
@@ -336,26 +404,9 @@ pub struct KafkaConsumer<R> {
     topic: String,
     commits: bool,
     guard: GapGuard,
-}
-
-/// The gap guard's state (see [`KafkaConsumer`]).
-#[derive(Default)]
-struct GapGuard {
-    /// Next offset expected per partition (each consumer reads one
-    /// topic), cleared on rebalance.
-    expected: HashMap<i32, i64>,
-    /// Rebalance count `expected` belongs to.
-    generation: u64,
-    /// The gap being repaired: partition, expected offset, tries.
-    gap: Option<(i32, i64, u32)>,
-    repaired: u64,
-}
-
-/// What to do with a record, given the offset the partition should be at.
-enum Next {
-    Take,
-    /// Go back to this offset (an earlier batch was not readable yet).
-    Refetch(i64),
+    /// Records received while holding a batch (normally none: fetching is
+    /// paused), handed out next.
+    stash: VecDeque<Record>,
 }
 
 fn to_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
@@ -368,11 +419,17 @@ fn to_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
 }
 
 impl<R> KafkaConsumer<R> {
-    fn new(inner: StreamConsumer<GroupContext, R>, topic: &str, commits: bool, start: Option<(i32, i64)>) -> Self {
+    fn new(
+        inner: StreamConsumer<GroupContext, R>,
+        topic: &str,
+        commits: bool,
+        policy: GapPolicy,
+        start: Option<(i32, i64)>,
+    ) -> Self {
         let topic = topic.to_owned();
         let generation = inner.context().rebalances.load(Ordering::Acquire);
-        let guard = GapGuard { expected: start.into_iter().collect(), generation, ..Default::default() };
-        Self { inner, pending: HashMap::new(), topic, commits, guard }
+        let guard = GapGuard::new(policy, generation, start);
+        Self { inner, pending: HashMap::new(), topic, commits, guard, stash: VecDeque::new() }
     }
 
     /// Handle to learn when the group assigned this member its partitions.
@@ -380,83 +437,115 @@ impl<R> KafkaConsumer<R> {
         GroupContext::clone(self.inner.context())
     }
 
-    /// Skipped offsets this consumer went back for and then read (see the
-    /// gap guard on [`KafkaConsumer`]).
+    /// Skipped offsets this consumer went back for and then read (see [`gap`]).
     pub fn gaps_repaired(&self) -> u64 {
-        self.guard.repaired
+        self.guard.counts().repaired
     }
-}
 
-impl GapGuard {
-    /// Check a record of `topic` at (`partition`, `offset`) against the
-    /// partition's expected offset; `generation` is the consumer's current
-    /// rebalance count. Pure bookkeeping (the caller seeks), so unit-tested.
-    fn check(&mut self, generation: u64, topic: &str, partition: i32, offset: i64) -> Next {
-        if generation != self.generation {
-            self.generation = generation;
-            self.expected.clear();
-            self.gap = None;
+    /// The gap guard's counters.
+    pub fn gap_counts(&self) -> GapCounts {
+        self.guard.counts()
+    }
+
+    fn publish_gap_counts(&self) {
+        let (c, s) = (self.guard.counts(), &self.inner.context().stats);
+        s.gaps_repaired.set(c.repaired);
+        s.gaps_unhealed.set(c.unhealed);
+        s.partitions_halted.set(c.halted);
+    }
+
+    /// Forget revoked partitions: no commit for them, and report them so
+    /// their records in hand are dropped.
+    fn drain_revoked(&mut self) -> Vec<u32> {
+        let revoked = std::mem::take(&mut *self.inner.context().revoked.lock().expect("revoked list"));
+        for p in &revoked {
+            self.pending.remove(p);
         }
-        let key = partition;
-        match self.expected.get(&key).copied() {
-            Some(want) if offset > want => {
-                let tries = match &self.gap {
-                    Some((k, at, tries)) if *k == key && *at == want => *tries,
-                    _ => 0,
-                };
-                if tries < GAP_RETRIES {
-                    self.gap = Some((key, want, tries + 1));
-                    return Next::Refetch(want);
-                }
-                warn!(
-                    topic,
-                    partition,
-                    expected = want,
-                    got = offset,
-                    "offsets skipped after {GAP_RETRIES} refetches; accepting the gap"
-                );
-                self.gap = None;
-            }
-            _ => {
-                if matches!(&self.gap, Some((k, at, _)) if *k == key && *at == offset) {
-                    self.repaired += 1;
-                    debug!(topic, partition, offset, "skipped offset refetched");
-                    self.gap = None;
-                }
-            }
-        }
-        // Also when the offset went back (a seek, or a partition resumed
-        // from its committed offset): follow the broker.
-        self.expected.insert(key, offset + 1);
-        Next::Take
+        revoked.into_iter().map(|p| p.max(0) as u32).collect()
     }
 }
 
 impl<R: AsyncRuntime> KafkaConsumer<R> {
-    /// Add `rec` to `batch`, or, when the gap guard finds offsets missing
-    /// before it, return the (partition, offset) to fetch again from.
-    fn admit(&mut self, rec: Record, batch: &mut Vec<Record>) -> Result<(), (i32, i64)> {
+    /// Add `rec` to `batch` if the gap guard takes it; start going back
+    /// for a gap it finds.
+    fn admit(&mut self, rec: Record, batch: &mut Vec<Record>) {
         let generation = self.inner.context().rebalances.load(Ordering::Acquire);
         let (partition, offset) = (rec.partition as i32, rec.offset as i64);
-        match self.guard.check(generation, &self.topic, partition, offset) {
+        if self.commits && self.guard.needs_seed(generation, partition) {
+            self.seed_from_commit(partition);
+        }
+        match self.guard.check(generation, Instant::now(), &self.topic, partition, offset) {
             Next::Take => {
                 self.pending.insert(partition, offset + 1);
                 batch.push(rec);
-                Ok(())
             }
-            Next::Refetch(at) => Err((partition, at)),
+            Next::Drop => {}
+            Next::Seek(at) => self.seek(partition, at),
+        }
+        self.publish_gap_counts();
+    }
+
+    /// Tell the gap guard where `partition` should continue: the group's
+    /// committed offset (one broker round trip, once per partition and
+    /// rebalance, on a group member only).
+    fn seed_from_commit(&mut self, partition: i32) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, partition);
+        match self.inner.committed_offsets(tpl, Duration::from_secs(5)) {
+            Ok(c) => {
+                if let Some(Offset::Offset(at)) = c.find_partition(&self.topic, partition).map(|e| e.offset()) {
+                    self.guard.seed(partition, at);
+                }
+            }
+            Err(e) => warn!(topic = %self.topic, partition, error = %e, "reading the committed offset failed"),
         }
     }
 
-    /// Pause briefly, then move the partition back to `offset`: librdkafka
-    /// drops what it prefetched past it and fetches again from there.
-    async fn refetch(&mut self, (partition, offset): (i32, i64)) {
+    /// Move `partition` back to `offset` without waiting (timeout 0 makes
+    /// librdkafka's seek asynchronous): it drops what it prefetched past
+    /// the offset and fetches again from there.
+    fn seek(&self, partition: i32, offset: i64) {
         let topic = self.topic.as_str();
-        let tries = self.guard.gap.as_ref().map_or(1, |g| g.2);
-        debug!(topic, partition, offset, tries, "offset skipped by the broker; fetching it again");
-        R::delay_for(GAP_RETRY_PAUSE * tries).await;
-        if let Err(e) = self.inner.seek(topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
+        debug!(topic, partition, offset, "seeking back to a skipped offset");
+        if let Err(e) = self.inner.seek(topic, partition, Offset::Offset(offset), Duration::ZERO) {
             warn!(topic, partition, offset, error = %e, "seek back to a skipped offset failed");
+        }
+    }
+
+    /// Perform the gap guard's retries that are due.
+    fn seek_due(&mut self) {
+        let due = self.guard.due(Instant::now(), &self.topic);
+        for (partition, offset) in due {
+            self.seek(partition, offset);
+        }
+        self.publish_gap_counts();
+    }
+
+    /// Receive one record, or None when the gap guard's next retry is due first.
+    async fn recv_or_retry(&mut self) -> Option<Result<Record, KafkaError>> {
+        let recv = async { self.inner.recv().await.map(|m| to_record(&m)) };
+        match self.guard.next_deadline() {
+            None => Some(recv.await),
+            Some(at) => {
+                let wait = R::delay_for(at.saturating_duration_since(Instant::now()));
+                match futures_util::future::select(std::pin::pin!(recv), std::pin::pin!(wait)).await {
+                    futures_util::future::Either::Left((r, _)) => Some(r),
+                    futures_util::future::Either::Right(_) => None,
+                }
+            }
+        }
+    }
+
+    fn set_paused(&self, paused: bool) {
+        let ctx = self.inner.context();
+        ctx.held.store(paused, Ordering::Release);
+        let assignment = match self.inner.assignment() {
+            Ok(a) => a,
+            Err(e) => return warn!(error = %e, "reading the assignment failed"),
+        };
+        let r = if paused { self.inner.pause(&assignment) } else { self.inner.resume(&assignment) };
+        if let Err(e) = r {
+            warn!(paused, error = %e, "pausing or resuming partitions failed");
         }
     }
 }
@@ -464,40 +553,79 @@ impl<R: AsyncRuntime> KafkaConsumer<R> {
 impl<R: AsyncRuntime + Send + Sync + 'static> Consumer for KafkaConsumer<R> {
     fn next_batch(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Record>, BusError>> {
         Box::pin(async move {
+            if self.inner.context().held.load(Ordering::Acquire) {
+                self.set_paused(false);
+            }
             let mut batch = Vec::new();
+            while let Some(rec) = self.stash.pop_front() {
+                self.admit(rec, &mut batch);
+            }
             while batch.is_empty() {
-                let rec = match self.inner.recv().await {
-                    Ok(m) => to_record(&m),
-                    Err(e) => {
+                self.seek_due();
+                let rec = match self.recv_or_retry().await {
+                    None => continue,
+                    Some(Ok(r)) => r,
+                    Some(Err(e)) => {
                         // Transient broker errors surface here; librdkafka reconnects by itself.
                         warn!(error = %e, "kafka consume error");
                         R::delay_for(Duration::from_millis(100)).await;
                         continue;
                     }
                 };
-                if let Err(back) = self.admit(rec, &mut batch) {
-                    self.refetch(back).await;
-                }
+                self.admit(rec, &mut batch);
             }
             // Take whatever is already fetched, without waiting.
             while batch.len() < max {
-                let rec = match self.inner.recv().now_or_never() {
-                    Some(Ok(m)) => to_record(&m),
+                match self.inner.recv().now_or_never() {
+                    Some(Ok(m)) => self.admit(to_record(&m), &mut batch),
                     _ => break,
-                };
-                if let Err(back) = self.admit(rec, &mut batch) {
-                    // The batch so far is complete: records are in offset
-                    // order per partition.
-                    self.refetch(back).await;
-                    break;
                 }
+            }
+            // A partition revoked while receiving belongs to another member now.
+            let revoked = self.drain_revoked();
+            if !revoked.is_empty() {
+                let before = batch.len();
+                batch.retain(|r| !revoked.contains(&r.partition));
+                self.inner.context().stats.revoked_in_flight.add((before - batch.len()) as u64);
             }
             Ok(batch)
         })
     }
 
+    fn hold(&mut self, pause: Duration) -> BoxFuture<'_, Result<Vec<u32>, BusError>> {
+        Box::pin(async move {
+            if !self.inner.context().held.load(Ordering::Acquire) {
+                self.set_paused(true);
+            }
+            // Poll meanwhile: heartbeats, rebalances and max.poll.interval.ms
+            // are serviced; fetching is paused, so records are rare (one
+            // fetched just before the pause) and kept for the next batch.
+            let deadline = Instant::now() + pause;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let recv = async { self.inner.recv().await.map(|m| to_record(&m)) };
+                let wait = R::delay_for(left);
+                match futures_util::future::select(std::pin::pin!(recv), std::pin::pin!(wait)).await {
+                    futures_util::future::Either::Left((Ok(r), _)) => self.stash.push_back(r),
+                    futures_util::future::Either::Left((Err(e), _)) => {
+                        warn!(error = %e, "kafka consume error while holding a batch");
+                        R::delay_for(left.min(Duration::from_millis(100))).await;
+                    }
+                    futures_util::future::Either::Right(_) => break,
+                }
+            }
+            let revoked = self.drain_revoked();
+            self.stash.retain(|r| !revoked.contains(&r.partition));
+            Ok(revoked)
+        })
+    }
+
     fn commit(&mut self) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
+            self.drain_revoked();
             if !self.commits || self.pending.is_empty() {
                 self.pending.clear();
                 return Ok(());
@@ -508,69 +636,5 @@ impl<R: AsyncRuntime + Send + Sync + 'static> Consumer for KafkaConsumer<R> {
             }
             self.inner.commit(&tpl, CommitMode::Async).map_err(broker_err)
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn take(n: &Next) -> bool {
-        matches!(n, Next::Take)
-    }
-
-    #[test]
-    fn contiguous_offsets_are_taken() {
-        let mut g = GapGuard::default();
-        for o in 0..100 {
-            assert!(take(&g.check(0, "t", 3, o)));
-        }
-        assert_eq!(g.repaired, 0);
-    }
-
-    #[test]
-    fn a_skipped_offset_is_fetched_again_and_counted() {
-        let mut g = GapGuard::default();
-        assert!(take(&g.check(0, "t", 0, 10)));
-        assert!(matches!(g.check(0, "t", 0, 12), Next::Refetch(11)));
-        // Still not readable: the broker returns 12 again.
-        assert!(matches!(g.check(0, "t", 0, 12), Next::Refetch(11)));
-        assert!(take(&g.check(0, "t", 0, 11)));
-        assert!(take(&g.check(0, "t", 0, 12)));
-        assert_eq!(g.repaired, 1);
-        // Other partitions are tracked on their own.
-        assert!(take(&g.check(0, "t", 1, 500)));
-        assert!(take(&g.check(0, "t", 1, 501)));
-    }
-
-    #[test]
-    fn a_real_gap_is_accepted_after_the_retries() {
-        let mut g = GapGuard::default();
-        assert!(take(&g.check(0, "t", 0, 0)));
-        for _ in 0..GAP_RETRIES {
-            assert!(matches!(g.check(0, "t", 0, 5), Next::Refetch(1)));
-        }
-        assert!(take(&g.check(0, "t", 0, 5)));
-        assert!(take(&g.check(0, "t", 0, 6)));
-        assert_eq!(g.repaired, 0);
-    }
-
-    #[test]
-    fn a_rebalance_or_a_step_back_resets_the_expectation() {
-        let mut g = GapGuard::default();
-        assert!(take(&g.check(0, "t", 0, 40)));
-        // The partition came back after a rebalance at another member's commit.
-        assert!(take(&g.check(1, "t", 0, 90)));
-        // Resumed from an earlier committed offset: follow the broker.
-        assert!(take(&g.check(1, "t", 0, 70)));
-        assert!(matches!(g.check(1, "t", 0, 72), Next::Refetch(71)));
-    }
-
-    #[test]
-    fn a_partition_consumer_checks_its_first_record_against_its_start() {
-        let mut g = GapGuard { expected: [(2, 300)].into_iter().collect(), ..Default::default() };
-        assert!(matches!(g.check(0, "t", 2, 301), Next::Refetch(300)));
-        assert!(take(&g.check(0, "t", 2, 300)));
-        assert_eq!(g.repaired, 1);
     }
 }

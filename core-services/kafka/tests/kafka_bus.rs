@@ -199,3 +199,85 @@ async fn snowflake_keys_spread_over_every_partition() {
     let used: std::collections::BTreeSet<u32> = got.iter().map(|r| r.partition).collect();
     assert_eq!(used.len(), 4, "partitions used: {used:?}");
 }
+
+/// A real, unhealable gap: a foreign transactional writer aborts a
+/// transaction on partition 0, so offsets 10..=15 (five aborted records and
+/// the abort marker) are never readable. On a group topic (im.upstream,
+/// im.task) the consumer halts partition 0 at the gap: nothing past it is
+/// handed out or committed, it is counted, and partition 1 keeps flowing.
+/// A push partition's consumer accepts the gap and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealable_gap_halts_a_group_partition_but_not_a_push_partition() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+    // Members leave on drop (no static membership), so the second member
+    // below is assigned at once.
+    let s = Kafka::new(KafkaConfig { static_membership: false, ..settings().config().clone() });
+    let topic = unique("gap");
+    s.ensure_topic(&topic, 2).await.unwrap();
+    let producer = s.producer::<TokioRuntime>("gap-producer").unwrap();
+    let mut push = s.partition_consumer::<TokioRuntime>("gap-push", &topic, 0).unwrap();
+    let send = |p: u32, v: String| producer.send(&topic, b"", Some(p), Bytes::from(v));
+    for i in 0..10 {
+        send(0, format!("before-{i}")).await.unwrap();
+    }
+    let txn: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &s.config().brokers)
+        .set("transactional.id", format!("gap-txn-{}", std::process::id()))
+        .create()
+        .unwrap();
+    txn.init_transactions(Duration::from_secs(30)).unwrap();
+    txn.begin_transaction().unwrap();
+    for i in 0..5 {
+        txn.send(BaseRecord::<[u8], str>::to(&topic).partition(0).payload(&format!("aborted-{i}"))).unwrap();
+    }
+    txn.flush(Duration::from_secs(10)).unwrap();
+    txn.abort_transaction(Duration::from_secs(30)).unwrap();
+    for i in 0..5 {
+        send(0, format!("after-{i}")).await.unwrap();
+    }
+
+    let group = unique("gap-group");
+    let mut member = s.group_consumer::<TokioRuntime>("gap-member", &group, &topic).unwrap();
+    let before = collect(&mut member, 10, Duration::from_secs(60)).await;
+    assert!(before.iter().all(|r| r.partition == 0 && r.offset < 10), "{before:?}");
+    // Partition 1 keeps flowing while partition 0 is stuck at its gap.
+    let flowing = tokio::spawn({
+        let topic = topic.clone();
+        let producer = s.producer::<TokioRuntime>("gap-producer-1").unwrap();
+        async move {
+            for i in 0..20 {
+                producer.send(&topic, b"", Some(1), Bytes::from(format!("p1-{i}"))).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let mut later = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(6);
+    while let Ok(batch) = tokio::time::timeout_at(until, member.next_batch(64)).await {
+        later.extend(batch.unwrap());
+    }
+    flowing.await.unwrap();
+    assert!(later.iter().all(|r| r.partition == 1), "nothing past the gap on partition 0: {later:?}");
+    assert!(later.len() >= 15, "partition 1 flowed meanwhile: {} records", later.len());
+    let counts = member.gap_counts();
+    assert_eq!((counts.unhealed, counts.halted), (1, 1), "{counts:?}");
+    member.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // the commit is asynchronous
+    drop(member);
+    // Nothing past the gap was committed: a new member starts at the gap,
+    // sees it (its expectation is the committed offset), and halts too.
+    let mut next = s.group_consumer::<TokioRuntime>("gap-member-2", &group, &topic).unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(8);
+    while let Ok(batch) = tokio::time::timeout_at(until, next.next_batch(64)).await {
+        assert!(batch.unwrap().iter().all(|r| r.partition == 1), "the next member resumed past the gap");
+    }
+    assert_eq!(next.gap_counts().halted, 1, "{:?}", next.gap_counts());
+
+    // The push partition takes the records after the gap.
+    let pushed = collect(&mut push, 15, Duration::from_secs(30)).await;
+    let values: Vec<String> = pushed.iter().map(|r| String::from_utf8(r.payload.to_vec()).unwrap()).collect();
+    let want: Vec<String> =
+        (0..10).map(|i| format!("before-{i}")).chain((0..5).map(|i| format!("after-{i}"))).collect();
+    assert_eq!(values, want);
+    assert_eq!(push.gap_counts().unhealed, 1);
+}

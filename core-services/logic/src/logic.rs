@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{debug, error, info, warn, Instrument};
 
+mod retry;
 mod send;
 pub use send::RESERVED_CLIENT_MSG_ID_PREFIX;
 
@@ -67,11 +68,13 @@ pub struct LogicMetrics {
     pub fanout_inline: Counter,
     pub fanout_delegated: Counter,
     pub replayed_pushes: Counter,
+    pub revoked_records: Counter,
+    pub dead_lettered: Counter,
 }
 
 impl LogicMetrics {
     pub fn render(&self, enc: &mut TextEncoder) {
-        let rows: [(&str, &str, &Counter); 19] = [
+        let rows: [(&str, &str, &Counter); 21] = [
             ("gochat_logic_records_total", "bus records consumed from im.upstream", &self.records),
             ("gochat_logic_corrupt_records_total", "records that could not be decoded", &self.corrupt_records),
             ("gochat_logic_sends_total", "send-message records processed", &self.sends),
@@ -98,6 +101,16 @@ impl LogicMetrics {
                 "gochat_logic_replayed_pushes_total",
                 "already-stored messages pushed again (a replayed batch, or a retry past the dedup window)",
                 &self.replayed_pushes,
+            ),
+            (
+                "gochat_logic_revoked_records_total",
+                "records of a failing batch left to a new owner after a rebalance",
+                &self.revoked_records,
+            ),
+            (
+                "gochat_logic_dead_lettered_total",
+                "records dead-lettered after their retries (not undecodable ones)",
+                &self.dead_lettered,
             ),
         ];
         for (name, help, c) in rows {
@@ -207,24 +220,7 @@ impl Logic {
                     continue;
                 }
             };
-            let mut attempt = 0u32;
-            // Records before `done` were fully handled by an earlier attempt:
-            // a retry starts after them, so a sync is not answered twice.
-            let mut done = 0;
-            loop {
-                let mut progressed = 0;
-                match self.handle_batch_from(&records[done..], &mut progressed).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        done += progressed;
-                        attempt += 1;
-                        self.metrics.batch_retries.inc();
-                        let backoff = Duration::from_millis((50u64 << attempt.min(7)).min(5_000));
-                        error!(error = %e, attempt, records = records.len(), backoff_ms = backoff.as_millis() as u64, "upstream batch failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                    }
-                }
-            }
+            self.process_with_retries(&mut *consumer, records).await;
             if let Err(e) = consumer.commit().await {
                 warn!(error = %e, "offset commit failed");
             }
@@ -298,16 +294,20 @@ impl Logic {
         self.metrics.corrupt_records.inc();
         warn!(partition = rec.partition, offset = rec.offset, reason, "invalid upstream record dead-lettered");
         let Some(topic) = self.dead_letter.as_deref() else { return };
+        if let Err(e) = self.producer.send(topic, &rec.key, None, self.dead_letter_envelope(rec, reason)).await {
+            error!(topic, error = %e, "dead-letter record not produced");
+        }
+    }
+
+    /// A dead letter: the original payload, with the reason and where it came from.
+    fn dead_letter_envelope(&self, rec: &Record, reason: &str) -> Bytes {
         let mut header = HashMap::new();
         header.insert(gochat_proto::HEADER_TYPE.to_owned(), kind::DEAD_LETTER.to_owned());
         header.insert("reason".to_owned(), reason.to_owned());
         header.insert("source_topic".to_owned(), self.topics.upstream());
         header.insert("source_partition".to_owned(), rec.partition.to_string());
         header.insert("source_offset".to_owned(), rec.offset.to_string());
-        let env = KafkaMessage { trace_id: String::new(), header, body: rec.payload.clone() };
-        if let Err(e) = self.producer.send(topic, &rec.key, None, env.encode_to_vec().into()).await {
-            error!(topic, error = %e, "dead-letter record not produced");
-        }
+        KafkaMessage { trace_id: String::new(), header, body: rec.payload.clone() }.encode_to_vec().into()
     }
 
     async fn flush_sends(&self, sends: &mut Vec<(String, bus::SendMessage)>) -> Result<(), LogicError> {

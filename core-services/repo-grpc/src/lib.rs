@@ -284,7 +284,7 @@ fn to_status(rpc: &'static str, e: RepoError) -> Status {
         RepoError::Database(db) => (database_code(db), REASON_DATABASE),
         RepoError::Migrate(_) => (Code::Internal, REASON_MIGRATE),
         RepoError::Rpc(_) => (Code::Unavailable, REASON_RPC),
-        RepoError::Inconsistent(_) => (Code::Internal, REASON_DATABASE),
+        RepoError::Inconsistent(_) | RepoError::Remote(_) => (Code::Internal, REASON_DATABASE),
     };
     match code {
         Code::AlreadyExists | Code::Aborted | Code::NotFound => tracing::debug!(rpc, error = %e, "repo call refused"),
@@ -303,13 +303,10 @@ fn to_status(rpc: &'static str, e: RepoError) -> Status {
 /// UNAVAILABLE for failures a retry may cure (no connection, pool
 /// exhausted), INTERNAL otherwise.
 fn database_code(e: &sqlx::Error) -> Code {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => Code::Unavailable,
-        _ => Code::Internal,
+    if gochat_repo::is_transient_db(e) {
+        Code::Unavailable
+    } else {
+        Code::Internal
     }
 }
 
@@ -501,6 +498,8 @@ fn from_status(status: Status) -> RepoError {
         (Code::AlreadyExists, Some(REASON_USERNAME_TAKEN)) => RepoError::UsernameTaken,
         (Code::Aborted, Some(REASON_CONFLICT)) => RepoError::Conflict,
         (Code::NotFound, Some(REASON_GROUP_NOT_FOUND)) => RepoError::GroupNotFound,
+        // The repo reached its database, which refused: retrying will not help.
+        (Code::Internal, Some(REASON_DATABASE | REASON_MIGRATE)) => RepoError::Remote(status.message().to_owned()),
         (code, _) => {
             let name = format!("{code:?}").to_lowercase();
             let msg = format!("{name}: {}", status.message());
@@ -654,9 +653,12 @@ mod tests {
         assert_eq!(code, Code::Unavailable);
         assert!(matches!(&e, RepoError::Rpc(m) if m.contains("pool timed out")), "{e:?}");
 
+        assert!(e.is_transient());
+
         let (code, e) = round_trip(RepoError::Database(sqlx::Error::RowNotFound));
         assert_eq!(code, Code::Internal);
-        assert!(matches!(e, RepoError::Rpc(_)), "{e:?}");
+        assert!(matches!(e, RepoError::Remote(_)), "{e:?}");
+        assert!(!e.is_transient(), "a refused statement is not retried forever");
 
         let (code, e) = round_trip(RepoError::Rpc("upstream down".into()));
         assert_eq!(code, Code::Unavailable);

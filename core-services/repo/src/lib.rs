@@ -38,6 +38,35 @@ pub enum RepoError {
     /// seq counter missing inside the transaction that created it).
     #[error("inconsistent store state: {0}")]
     Inconsistent(String),
+    /// The remote repo's store failed in a way a retry will not cure (its
+    /// database refused the statement, or broke an invariant).
+    #[error("repo store failed: {0}")]
+    Remote(String),
+}
+
+impl RepoError {
+    /// Whether the same call may succeed when retried: the database or the
+    /// repo could not be reached (connection, pool, transport), as opposed
+    /// to a statement refused or an invariant broken, which fail again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RepoError::Database(e) => is_transient_db(e),
+            RepoError::Rpc(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A database error a retry may cure: no connection, pool exhausted.
+pub fn is_transient_db(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
