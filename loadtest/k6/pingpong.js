@@ -113,7 +113,9 @@ function sender(run, pair, me, peer) {
     function tick() {
       if (done || endSent) return;
       if (t0 === 0) {
-        offline = P.stillOffline(BASE, me.token, offline);
+        // The receiver's own token: the pair shares no conversation before
+        // the first probe, so the sender may not see its presence (§2.4).
+        offline = P.stillOffline(BASE, peer.token, offline);
         if (offline.length > 0) return;
         check(offline, { 'sender: receiver online before sending': (o) => o.length === 0 });
         t0 = Date.now();

@@ -100,10 +100,12 @@ pub async fn run(ctx: &Ctx, a: &PingpongArgs, users: &[User]) -> Partial {
             }
         }
     }
-    // 2. Wait until the server has registered every receiver (protocol §4.5).
+    // 2. Wait until the server has registered every receiver (protocol §4.5),
+    // asking with the receiver's own token: the pair shares no conversation
+    // yet, and presence is shown only to users who do (protocol §2.4).
     let mut live = Vec::new();
     for (pair, ua, ub, wa, wb) in ready {
-        if wait_online(ctx, &ua.token, &ub.user_id).await {
+        if wait_online(ctx, &ub.token, &ub.user_id).await {
             live.push((pair, ua, ub, wa, wb));
         } else {
             p.fail("receiver_not_registered", 1);
@@ -167,6 +169,8 @@ pub async fn run(ctx: &Ctx, a: &PingpongArgs, users: &[User]) -> Partial {
     p
 }
 
+/// Whether `user_id` shows a live connection within 10 s. `token` must be
+/// allowed to see that presence (the user's own).
 async fn wait_online(ctx: &Ctx, token: &str, user_id: &str) -> bool {
     for _ in 0..500 {
         let r = ctx.http.get(format!("{}/api/v1/users/{user_id}/presence", ctx.base)).bearer_auth(token).send().await;

@@ -1129,3 +1129,14 @@ async fn a_logic_retrying_a_frozen_repo_stays_in_its_group() {
         assert_stored_as_acked(&pool, cid, tag, acks, PER_CONVERSATION).await;
     }
 }
+
+/// Presence only through a shared conversation, and group history from the
+/// join, with logic reaching MySQL through the repo service (gRPC): the
+/// same scenarios as embedded mode (support/privacy.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privacy_rules_hold_through_the_repo_service() {
+    let c = Cluster::start_fixed("priv", 1, 1);
+    let g = &c.gateways[0];
+    support::privacy::presence_scenario(g, "cp").await;
+    support::privacy::history_from_join_scenario(g, "ch").await;
+}

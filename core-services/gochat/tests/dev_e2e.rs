@@ -22,7 +22,9 @@ async fn one_to_one_chat_end_to_end() {
     let mut a2 = srv.connect(&alice_tok).await;
     let mut b1 = srv.connect(&bob_tok).await;
     srv.wait_online(&alice_tok, &alice, 2).await;
-    srv.wait_online(&alice_tok, &bob, 1).await;
+    // bob's own token: alice and bob share no conversation yet, so alice
+    // may not see bob's presence (docs/protocol.md §2.4).
+    srv.wait_online(&bob_tok, &bob, 1).await;
 
     // send -> ack to the sending device, new-message to the peer and to alice's other device
     send(&mut a1, text_msg("m-1", &bob, "hello bob")).await;

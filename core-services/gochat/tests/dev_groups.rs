@@ -137,15 +137,16 @@ async fn group_rest_api_and_system_messages() {
     );
     assert_eq!(ev["content"], json!({"event": "member_joined", "user_ids": [late]}), "only the new member");
 
-    // a member sends; the late joiner can read it
+    // a member sends; the late joiner can read it, and nothing from before
+    // it joined (it joined at seq 1: history starts with its member_joined)
     send(&mut m, json!({"type":"send-message","client_msg_id":"g1","conversation_id":cid,"content_type":"text","content":{"text":"hello team"}})).await;
     let ack = recv(&mut m).await;
     assert_eq!((ack["type"].as_str(), ack["seq"].as_u64()), (Some("message-ack"), Some(3)), "{ack}");
     let (s, h) = call(&srv, Method::GET, &format!("/api/v1/conversations/{cid}/messages"), &late_tok, None).await;
     assert_eq!(s, 200);
     let seqs: Vec<u64> = h["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, vec![1, 2, 3]);
-    assert_eq!(h["messages"][0]["content"]["event"], "member_joined");
+    assert_eq!(seqs, vec![2, 3]);
+    assert_eq!(h["messages"][0]["content"], json!({"event": "member_joined", "user_ids": [late]}));
 
     // outsiders cannot send, sync or read
     let mut o = srv.connect(&out_tok).await;

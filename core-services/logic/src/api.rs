@@ -4,7 +4,7 @@
 
 use crate::frames::MessageView;
 use crate::logic::LogicError;
-use crate::{groups_api, password, Access, Logic};
+use crate::{groups_api, password, privacy, Access, Logic};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{header, request::Parts, StatusCode};
@@ -158,7 +158,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/auth/register", post(register))
         .route("/api/v1/auth/login", post(login))
         .route("/api/v1/users/me", get(me))
-        .route("/api/v1/users/{uid}/presence", get(presence))
+        .route("/api/v1/users/{uid}/presence", get(privacy::presence))
         .route("/api/v1/conversations/{cid}/messages", get(history))
         .route("/api/v1/groups", post(groups_api::create).get(groups_api::mine))
         .route("/api/v1/groups/{gid}", get(groups_api::get_one).delete(groups_api::dissolve))
@@ -260,17 +260,6 @@ async fn me(State(st): State<ApiState>, AuthUser(uid): AuthUser) -> Result<Respo
         .into_response())
 }
 
-async fn presence(
-    State(st): State<ApiState>,
-    AuthUser(_): AuthUser,
-    Path(uid): Path<String>,
-) -> Result<Response, ApiError> {
-    let uid: u64 = uid.parse().map_err(|_| ApiError::bad_request("invalid_user_id", "user ids are decimal strings"))?;
-    let sessions = st.logic.sessions.sessions(&[uid]).await.map_err(ApiError::internal)?;
-    Ok(Json(json!({"user_id": uid.to_string(), "online": !sessions.is_empty(), "connections": sessions.len()}))
-        .into_response())
-}
-
 #[derive(Deserialize)]
 struct PageQuery {
     #[serde(default)]
@@ -302,7 +291,7 @@ async fn history(
         }
     }
     let limit = st.logic.page_limit(q.limit);
-    let (messages, has_more) = st.logic.page(&cid, q.after_seq, limit).await?;
+    let (messages, has_more) = st.logic.member_page(&conv, uid, q.after_seq, limit).await?;
     Ok(Json(Page { messages: messages.iter().map(MessageView::from).collect(), has_more }).into_response())
 }
 

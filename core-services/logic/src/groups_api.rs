@@ -29,6 +29,8 @@ struct GroupView {
     name: String,
     owner_id: String,
     created_at: i64,
+    /// Whether members added later read the backlog (see crate::privacy).
+    history_visible_to_new_members: bool,
     members: Vec<MemberView>,
 }
 
@@ -39,6 +41,7 @@ fn view(g: &Group, members: &[GroupMember]) -> GroupView {
         name: g.name.clone(),
         owner_id: g.owner_id.to_string(),
         created_at: g.created_at,
+        history_visible_to_new_members: g.history_visible_to_new_members,
         members: members
             .iter()
             .map(|m| MemberView { user_id: m.user_id.to_string(), role: m.role.as_str(), joined_at: m.joined_at })
@@ -121,6 +124,8 @@ pub struct CreateBody {
     name: String,
     #[serde(default)]
     member_ids: Vec<String>,
+    #[serde(default)]
+    history_visible_to_new_members: bool,
 }
 
 pub async fn create(
@@ -138,7 +143,13 @@ pub async fn create(
     ids.sort_unstable();
     check_users_exist(&st, &ids).await?;
     let now = gochat_common::now_ms();
-    let group = Group { id: st.logic.ids().next_id(), name, owner_id: caller, created_at: now };
+    let group = Group {
+        id: st.logic.ids().next_id(),
+        name,
+        owner_id: caller,
+        created_at: now,
+        history_visible_to_new_members: body.history_visible_to_new_members,
+    };
     let members: Vec<GroupMember> = ids
         .iter()
         .map(|&u| GroupMember {

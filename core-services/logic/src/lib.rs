@@ -18,6 +18,7 @@ pub mod groups_api;
 pub mod logic;
 pub mod moderation;
 pub mod password;
+pub mod privacy;
 pub mod redis_store;
 pub mod session;
 

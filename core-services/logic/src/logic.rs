@@ -409,7 +409,7 @@ impl Logic {
             }
         }
         let limit = self.page_limit(req.limit);
-        let (messages, has_more) = self.page(&req.conversation_id, req.after_seq, limit).await?;
+        let (messages, has_more) = self.member_page(&cid, req.user_id, req.after_seq, limit).await?;
         let frame = frames::sync_result(&req.conversation_id, &messages, has_more);
         out.push(Outbound::to_conn(&origin, req.user_id, frame));
         self.deliver(out).await;

@@ -273,6 +273,26 @@ impl Repo for RepoService {
             self.store.delete_group(req.into_inner().group_id).await.map_err(|e| to_status("delete_group", e))?;
         Ok(Response::new(pb::DeleteGroupResponse { deleted }))
     }
+
+    // privacy
+    async fn shares_conversation(
+        &self,
+        req: Request<pb::SharesConversationRequest>,
+    ) -> Result<Response<pb::SharesConversationResponse>, Status> {
+        let r = req.into_inner();
+        let shared = self.store.shares_conversation(r.a, r.b).await.map_err(|e| to_status("shares_conversation", e))?;
+        Ok(Response::new(pb::SharesConversationResponse { shared }))
+    }
+
+    async fn group_read_floor(
+        &self,
+        req: Request<pb::GroupReadFloorRequest>,
+    ) -> Result<Response<pb::GroupReadFloorResponse>, Status> {
+        let r = req.into_inner();
+        let floor =
+            self.store.group_read_floor(r.group_id, r.user_id).await.map_err(|e| to_status("group_read_floor", e))?;
+        Ok(Response::new(pb::GroupReadFloorResponse { member: floor.is_some(), after_seq: floor.unwrap_or(0) }))
+    }
 }
 
 /// A store error as the status the client maps back (see the proto).
@@ -481,6 +501,19 @@ impl Store for RepoClient {
         let resp = self.client().delete_group(pb::DeleteGroupRequest { group_id }).await.map_err(from_status)?;
         Ok(resp.into_inner().deleted)
     }
+
+    // privacy
+    async fn shares_conversation(&self, a: u64, b: u64) -> Result<bool, RepoError> {
+        let resp =
+            self.client().shares_conversation(pb::SharesConversationRequest { a, b }).await.map_err(from_status)?;
+        Ok(resp.into_inner().shared)
+    }
+
+    async fn group_read_floor(&self, group_id: u64, user_id: u64) -> Result<Option<u64>, RepoError> {
+        let req = pb::GroupReadFloorRequest { group_id, user_id };
+        let r = self.client().group_read_floor(req).await.map_err(from_status)?.into_inner();
+        Ok(r.member.then_some(r.after_seq))
+    }
 }
 
 /// The `ErrorInfo.reason` of a status raised by this service, if any.
@@ -589,11 +622,23 @@ fn bad_response(e: String) -> RepoError {
 }
 
 fn group_to_pb(g: Group) -> pb::Group {
-    pb::Group { id: g.id, name: g.name, owner_id: g.owner_id, created_at: g.created_at }
+    pb::Group {
+        id: g.id,
+        name: g.name,
+        owner_id: g.owner_id,
+        created_at: g.created_at,
+        history_visible_to_new_members: g.history_visible_to_new_members,
+    }
 }
 
 fn group_from_pb(g: pb::Group) -> Group {
-    Group { id: g.id, name: g.name, owner_id: g.owner_id, created_at: g.created_at }
+    Group {
+        id: g.id,
+        name: g.name,
+        owner_id: g.owner_id,
+        created_at: g.created_at,
+        history_visible_to_new_members: g.history_visible_to_new_members,
+    }
 }
 
 fn role_to_pb(r: GroupRole) -> pb::GroupRole {
@@ -701,8 +746,16 @@ mod tests {
         assert_eq!(message_from_pb(message_to_pb(m.clone())), m);
         let n = NewMessage::from(&m);
         assert_eq!(new_message_from_pb(new_message_to_pb(&n)), n);
-        let g = Group { id: u64::MAX, name: "g 😀".into(), owner_id: 1 << 63, created_at: i64::MIN };
-        assert_eq!(group_from_pb(group_to_pb(g.clone())), g);
+        for history_visible_to_new_members in [false, true] {
+            let g = Group {
+                id: u64::MAX,
+                name: "g 😀".into(),
+                owner_id: 1 << 63,
+                created_at: i64::MIN,
+                history_visible_to_new_members,
+            };
+            assert_eq!(group_from_pb(group_to_pb(g.clone())), g);
+        }
         for role in [GroupRole::Owner, GroupRole::Admin, GroupRole::Member] {
             let m = GroupMember { user_id: u64::MAX, role, joined_at: -1 };
             assert_eq!(member_from_pb(member_to_pb(m.clone())), Ok(m));

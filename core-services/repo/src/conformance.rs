@@ -41,6 +41,10 @@ macro_rules! store_conformance {
             delete_group_drops_memberships_keeps_messages,
             group_of_5000_members,
             group_ids_above_2_pow_63_round_trip,
+            // privacy
+            shares_conversation_through_a_1to1_message_or_a_group,
+            group_read_floor_is_the_join_seq,
+            group_read_floor_with_history_visible_and_big_ids,
         );
     };
     (@cases $run:path; $($case:ident),* $(,)?) => {
@@ -79,7 +83,13 @@ pub fn msg(id: u64, cid: &str, seq: u64, sender: u64, cmid: &str) -> StoredMessa
 }
 
 pub fn group(id: u64, name: &str, owner_id: u64) -> Group {
-    Group { id, name: name.into(), owner_id, created_at: 1_700_000_000_000 + id as i64 % 1000 }
+    Group {
+        id,
+        name: name.into(),
+        owner_id,
+        created_at: 1_700_000_000_000 + id as i64 % 1000,
+        history_visible_to_new_members: false,
+    }
 }
 
 pub fn member(user_id: u64, role: GroupRole) -> GroupMember {
@@ -547,4 +557,117 @@ pub async fn group_ids_above_2_pow_63_round_trip(s: &dyn Store) {
     assert_eq!(group_ids(&s.groups_of_user(owner).await.unwrap()), vec![low_gid]);
     assert!(s.group_members(gid).await.unwrap().is_empty());
     assert_eq!(s.messages_after(&format!("g_{gid}"), 0, 10).await.unwrap(), vec![m]);
+}
+
+// privacy
+
+pub async fn shares_conversation_through_a_1to1_message_or_a_group(s: &dyn Store) {
+    for (a, b) in [(1, 2), (2, 1), (1, 3), (3, 4)] {
+        assert!(!s.shares_conversation(a, b).await.unwrap(), "{a} and {b} are strangers");
+    }
+    assert!(s.shares_conversation(5, 5).await.unwrap(), "a user always shares with themself");
+    // A failed append creates no conversation.
+    append_expecting(s, &[msg(10, "s_1_9", 1, 1, "x")]).await;
+    assert!(s.append_messages(&[new(&msg(10, "s_1_2", 1, 1, "y"))]).await.is_err());
+    assert!(!s.shares_conversation(1, 2).await.unwrap());
+    // One message makes a 1:1 conversation, seen from both sides.
+    append_expecting(s, &[msg(11, "s_1_2", 1, 2, "a")]).await;
+    assert!(s.shares_conversation(1, 2).await.unwrap());
+    assert!(s.shares_conversation(2, 1).await.unwrap());
+    assert!(!s.shares_conversation(2, 3).await.unwrap());
+    // Co-members of a group share it, whatever else either is in.
+    s.create_group(&group(100, "other", 3), &[member(3, GroupRole::Owner), member(5, GroupRole::Member)])
+        .await
+        .unwrap();
+    s.create_group(&group(101, "ours", 3), &[member(3, GroupRole::Owner), member(4, GroupRole::Member)]).await.unwrap();
+    assert!(s.shares_conversation(3, 4).await.unwrap());
+    assert!(s.shares_conversation(4, 3).await.unwrap());
+    assert!(s.shares_conversation(5, 3).await.unwrap());
+    assert!(!s.shares_conversation(4, 5).await.unwrap(), "two groups of one owner are not one group");
+    assert_eq!(s.add_group_members(100, &[member(4, GroupRole::Member)]).await.unwrap(), vec![4]);
+    assert!(s.shares_conversation(4, 5).await.unwrap());
+    // Leaving ends it; a dissolved group shares nothing.
+    assert!(s.remove_group_member(101, 4).await.unwrap());
+    assert!(s.shares_conversation(3, 4).await.unwrap(), "still both in group 100");
+    assert!(s.delete_group(100).await.unwrap());
+    assert!(!s.shares_conversation(3, 4).await.unwrap());
+    assert!(!s.shares_conversation(4, 5).await.unwrap());
+    // Ids above 2^63, for both kinds.
+    let (big, bigger) = ((1u64 << 63) + 7, u64::MAX - 1);
+    assert!(!s.shares_conversation(big, bigger).await.unwrap());
+    append_expecting(s, &[msg(12, &format!("s_{big}_{bigger}"), 1, big, "big")]).await;
+    assert!(s.shares_conversation(bigger, big).await.unwrap());
+    assert!(!s.shares_conversation(big, 1).await.unwrap());
+    s.create_group(&group(u64::MAX, "big", big), &[member(big, GroupRole::Owner), member(1, GroupRole::Member)])
+        .await
+        .unwrap();
+    assert!(s.shares_conversation(1, big).await.unwrap());
+}
+
+/// Append `n` messages to `cid` from user 1, seqs `first..first + n`;
+/// message ids `id_base + seq`.
+async fn append_run(s: &dyn Store, cid: &str, first: u64, n: u64, id_base: u64) {
+    let rows: Vec<_> = (first..first + n).map(|q| msg(id_base + q, cid, q, 1, &format!("{id_base}-{q}"))).collect();
+    append_expecting(s, &rows).await;
+}
+
+pub async fn group_read_floor_is_the_join_seq(s: &dyn Store) {
+    // The initial members, added to a brand new conversation, join at 0.
+    s.create_group(&group(1, "g", 1), &[member(1, GroupRole::Owner), member(2, GroupRole::Member)]).await.unwrap();
+    assert!(!s.group_by_id(1).await.unwrap().unwrap().history_visible_to_new_members);
+    assert_eq!(s.group_read_floor(1, 1).await.unwrap(), Some(0));
+    assert_eq!(s.group_read_floor(1, 2).await.unwrap(), Some(0));
+    assert_eq!(s.group_read_floor(1, 3).await.unwrap(), None, "not a member");
+    assert_eq!(s.group_read_floor(9, 1).await.unwrap(), None, "no such group");
+    // Added after 5 messages: joins at 5. Adding again changes nothing.
+    append_run(s, "g_1", 1, 5, 1000).await;
+    assert_eq!(s.add_group_members(1, &[member(3, GroupRole::Member)]).await.unwrap(), vec![3]);
+    assert_eq!(s.group_read_floor(1, 3).await.unwrap(), Some(5));
+    append_run(s, "g_1", 6, 2, 1000).await;
+    assert!(s
+        .add_group_members(1, &[member(3, GroupRole::Member), member(2, GroupRole::Member)])
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.group_read_floor(1, 3).await.unwrap(), Some(5));
+    assert_eq!(s.group_read_floor(1, 2).await.unwrap(), Some(0), "earlier members keep theirs");
+    // Another conversation's seqs do not count.
+    append_run(s, "g_10", 1, 9, 2000).await;
+    append_run(s, "s_1_3", 1, 20, 3000).await;
+    assert_eq!(s.add_group_members(1, &[member(4, GroupRole::Member)]).await.unwrap(), vec![4]);
+    assert_eq!(s.group_read_floor(1, 4).await.unwrap(), Some(7));
+    // Removed and re-added: a new join seq.
+    assert!(s.remove_group_member(1, 3).await.unwrap());
+    assert_eq!(s.group_read_floor(1, 3).await.unwrap(), None);
+    append_run(s, "g_1", 8, 3, 1000).await;
+    assert_eq!(s.add_group_members(1, &[member(3, GroupRole::Member)]).await.unwrap(), vec![3]);
+    assert_eq!(s.group_read_floor(1, 3).await.unwrap(), Some(10));
+    // A group created in an empty conversation and added to before any message: 0.
+    s.create_group(&group(2, "h", 1), &[member(1, GroupRole::Owner)]).await.unwrap();
+    assert_eq!(s.add_group_members(2, &[member(5, GroupRole::Member)]).await.unwrap(), vec![5]);
+    assert_eq!(s.group_read_floor(2, 5).await.unwrap(), Some(0));
+    // Dissolved: nobody reads it.
+    assert!(s.delete_group(1).await.unwrap());
+    assert_eq!(s.group_read_floor(1, 1).await.unwrap(), None);
+}
+
+pub async fn group_read_floor_with_history_visible_and_big_ids(s: &dyn Store) {
+    let gid = u64::MAX - 3;
+    let (owner, late) = ((1u64 << 63) + 1, u64::MAX);
+    let mut open = group(gid, "open", owner);
+    open.history_visible_to_new_members = true;
+    s.create_group(&open, &[member(owner, GroupRole::Owner)]).await.unwrap();
+    assert_eq!(s.group_by_id(gid).await.unwrap(), Some(open.clone()));
+    assert_eq!(s.groups_of_user(owner).await.unwrap(), vec![open.clone()]);
+    let cid = format!("g_{gid}");
+    append_run(s, &cid, 1, 4, 4000).await;
+    assert_eq!(s.add_group_members(gid, &[member(late, GroupRole::Member)]).await.unwrap(), vec![late]);
+    assert_eq!(s.group_read_floor(gid, late).await.unwrap(), Some(0), "history visible: the whole backlog");
+    // The same ids in a closed group: the join seq, read from the right counter.
+    let closed_gid = (1u64 << 63) + 5;
+    s.create_group(&group(closed_gid, "closed", owner), &[member(owner, GroupRole::Owner)]).await.unwrap();
+    append_run(s, &format!("g_{closed_gid}"), 1, 3, 2000).await;
+    assert_eq!(s.add_group_members(closed_gid, &[member(late, GroupRole::Member)]).await.unwrap(), vec![late]);
+    assert_eq!(s.group_read_floor(closed_gid, late).await.unwrap(), Some(3));
+    assert_eq!(s.group_read_floor(closed_gid, owner).await.unwrap(), Some(0));
 }

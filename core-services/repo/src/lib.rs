@@ -291,6 +291,17 @@ mod tests {
     }
 }
 
+/// The id of the 1:1 conversation of two different users, as
+/// gochat_common::convid spells it (`s_{lo}_{hi}`).
+pub(crate) fn single_conversation_id(a: u64, b: u64) -> String {
+    format!("s_{}_{}", a.min(b), a.max(b))
+}
+
+/// The id of a group's conversation (`g_{group_id}`).
+pub(crate) fn group_conversation_id(group_id: u64) -> String {
+    format!("g_{group_id}")
+}
+
 /// A member's standing in a group. Exactly one owner per group (its creator).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GroupRole {
@@ -327,6 +338,10 @@ pub struct Group {
     pub name: String,
     pub owner_id: u64,
     pub created_at: i64,
+    /// Members added later read the group's whole backlog; when false (the
+    /// default) they read only what comes after their join seq (see
+    /// [`Store::group_read_floor`]). Set at creation, never changed.
+    pub history_visible_to_new_members: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -379,7 +394,9 @@ pub trait Store: Send + Sync + 'static {
     async fn group_member(&self, group_id: u64, user_id: u64) -> Result<Option<GroupMember>, RepoError>;
     /// Add members, atomically; users already in the group are left as they
     /// are. Returns the user ids actually added, ascending.
-    /// [`RepoError::GroupNotFound`] when the group does not exist.
+    /// [`RepoError::GroupNotFound`] when the group does not exist. Each added
+    /// member's join seq is the group conversation's last seq at the time
+    /// (members of [`Store::create_group`] join at 0).
     async fn add_group_members(&self, group_id: u64, members: &[GroupMember]) -> Result<Vec<u64>, RepoError>;
     /// Whether the user was a member (and now is not).
     async fn remove_group_member(&self, group_id: u64, user_id: u64) -> Result<bool, RepoError>;
@@ -387,6 +404,18 @@ pub trait Store: Send + Sync + 'static {
     async fn set_group_member_role(&self, group_id: u64, user_id: u64, role: GroupRole) -> Result<bool, RepoError>;
     /// Delete a group and its memberships (its messages stay); whether it existed.
     async fn delete_group(&self, group_id: u64) -> Result<bool, RepoError>;
+
+    // privacy
+    /// Whether users `a` and `b` share a conversation: their 1:1
+    /// conversation holds at least one message (it has a seq counter), or
+    /// both are members of one group. True when `a == b`. One statement: a
+    /// primary-key lookup, or a walk of `a`'s memberships probing `b`'s,
+    /// stopping at the first shared group.
+    async fn shares_conversation(&self, a: u64, b: u64) -> Result<bool, RepoError>;
+    /// The seq after which `user_id` may read group `group_id`'s messages:
+    /// 0 when the group shows its history to new members, else the member's
+    /// join seq. None when the user is not a member (or there is no such group).
+    async fn group_read_floor(&self, group_id: u64, user_id: u64) -> Result<Option<u64>, RepoError>;
 
     /// Cheap liveness probe for /readyz.
     async fn ping(&self) -> Result<(), RepoError>;

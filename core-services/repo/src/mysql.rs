@@ -8,7 +8,10 @@
 //! refuses to decode as `String`: strings are read unchecked (still validated
 //! as UTF-8).
 
-use crate::{plan_append, Appended, Group, GroupMember, GroupRole, NewMessage, RepoError, Store, StoredMessage, User};
+use crate::{
+    group_conversation_id, plan_append, single_conversation_id, Appended, Group, GroupMember, GroupRole, NewMessage,
+    RepoError, Store, StoredMessage, User,
+};
 use async_trait::async_trait;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions, MySqlRow};
 use sqlx::{ConnectOptions, Connection, Executor, MySql, MySqlPool, QueryBuilder, Row};
@@ -118,7 +121,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 const USER_COLUMNS: &str = "id, username, password_hash, nickname, avatar_url, created_at";
 const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, sender_id, client_msg_id, content_type, content, created_at";
-const GROUP_COLUMNS: &str = "id, name, owner_id, created_at";
+const GROUP_COLUMNS: &str = "id, name, owner_id, created_at, history_visible_to_new_members";
 const MEMBER_COLUMNS: &str = "user_id, role, joined_at";
 
 fn group_from_row(r: &MySqlRow) -> Result<Group, sqlx::Error> {
@@ -127,6 +130,7 @@ fn group_from_row(r: &MySqlRow) -> Result<Group, sqlx::Error> {
         name: text(r, "name")?,
         owner_id: r.try_get("owner_id")?,
         created_at: r.try_get("created_at")?,
+        history_visible_to_new_members: r.try_get("history_visible_to_new_members")?,
     })
 }
 
@@ -142,19 +146,25 @@ fn member_from_row(r: &MySqlRow) -> Result<GroupMember, sqlx::Error> {
     })
 }
 
-/// Insert memberships of `group_id` in multi-row INSERTs of
-/// [`INSERT_ROWS_MAX`] rows (4 placeholders and a few dozen bytes each).
+/// Insert memberships of `group_id`, each joining at `join_seq`, in
+/// multi-row INSERTs of [`INSERT_ROWS_MAX`] rows (5 placeholders and a few
+/// dozen bytes each).
 async fn insert_members<'m>(
     tx: &mut sqlx::Transaction<'_, MySql>,
     group_id: u64,
+    join_seq: u64,
     members: impl Iterator<Item = &'m GroupMember>,
 ) -> Result<(), sqlx::Error> {
     let members: Vec<&GroupMember> = members.collect();
     for chunk in members.chunks(INSERT_ROWS_MAX) {
         let mut q: QueryBuilder<MySql> =
-            QueryBuilder::new(format!("INSERT INTO group_members (group_id, {MEMBER_COLUMNS}) "));
+            QueryBuilder::new(format!("INSERT INTO group_members (group_id, {MEMBER_COLUMNS}, join_seq) "));
         q.push_values(chunk, |mut b, m| {
-            b.push_bind(group_id).push_bind(m.user_id).push_bind(m.role.as_str()).push_bind(m.joined_at);
+            b.push_bind(group_id)
+                .push_bind(m.user_id)
+                .push_bind(m.role.as_str())
+                .push_bind(m.joined_at)
+                .push_bind(join_seq);
         });
         q.build().execute(&mut **tx).await?;
     }
@@ -344,14 +354,16 @@ impl Store for MySqlStore {
 
     async fn create_group(&self, group: &Group, members: &[GroupMember]) -> Result<(), RepoError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(&format!("INSERT INTO chat_groups ({GROUP_COLUMNS}) VALUES (?, ?, ?, ?)"))
+        sqlx::query(&format!("INSERT INTO chat_groups ({GROUP_COLUMNS}) VALUES (?, ?, ?, ?, ?)"))
             .bind(group.id)
             .bind(&group.name)
             .bind(group.owner_id)
             .bind(group.created_at)
+            .bind(group.history_visible_to_new_members)
             .execute(&mut *tx)
             .await?;
-        insert_members(&mut tx, group.id, members.iter()).await?;
+        // The initial members join at 0: they read the group from its start.
+        insert_members(&mut tx, group.id, 0, members.iter()).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -366,7 +378,7 @@ impl Store for MySqlStore {
 
     async fn groups_of_user(&self, user_id: u64) -> Result<Vec<Group>, RepoError> {
         let rows = sqlx::query(
-            "SELECT g.id, g.name, g.owner_id, g.created_at FROM group_members m \
+            "SELECT g.id, g.name, g.owner_id, g.created_at, g.history_visible_to_new_members FROM group_members m \
              JOIN chat_groups g ON g.id = m.group_id WHERE m.user_id = ? ORDER BY m.group_id",
         )
         .bind(user_id)
@@ -426,7 +438,15 @@ impl Store for MySqlStore {
             }
         }
         let fresh: Vec<&GroupMember> = candidates.into_iter().filter(|m| !existing.contains(&m.user_id)).collect();
-        insert_members(&mut tx, group_id, fresh.iter().copied()).await?;
+        // The new members join at the conversation's last committed seq (a
+        // plain read: an append in flight lands after the join, which is
+        // what a member added now should see).
+        let join_seq: Option<u64> =
+            sqlx::query_scalar("SELECT last_seq FROM conversation_seqs WHERE conversation_id = ?")
+                .bind(group_conversation_id(group_id))
+                .fetch_optional(&mut *tx)
+                .await?;
+        insert_members(&mut tx, group_id, join_seq.unwrap_or(0), fresh.iter().copied()).await?;
         tx.commit().await?;
         let mut added: Vec<u64> = fresh.iter().map(|m| m.user_id).collect();
         added.sort_unstable();
@@ -461,6 +481,39 @@ impl Store for MySqlStore {
         sqlx::query("DELETE FROM group_members WHERE group_id = ?").bind(group_id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    // privacy
+    async fn shares_conversation(&self, a: u64, b: u64) -> Result<bool, RepoError> {
+        if a == b {
+            return Ok(true);
+        }
+        let hit = sqlx::query(
+            "SELECT 1 FROM DUAL WHERE EXISTS (SELECT 1 FROM conversation_seqs WHERE conversation_id = ?) \
+             OR EXISTS (SELECT 1 FROM group_members x JOIN group_members y \
+                        ON y.group_id = x.group_id AND y.user_id = ? WHERE x.user_id = ?)",
+        )
+        .bind(single_conversation_id(a, b))
+        .bind(b)
+        .bind(a)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(hit.is_some())
+    }
+
+    async fn group_read_floor(&self, group_id: u64, user_id: u64) -> Result<Option<u64>, RepoError> {
+        let row = sqlx::query(
+            "SELECT g.history_visible_to_new_members, m.join_seq \
+             FROM group_members m JOIN chat_groups g ON g.id = m.group_id \
+             WHERE m.group_id = ? AND m.user_id = ?",
+        )
+        .bind(group_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let visible: bool = r.try_get(0)?;
+        Ok(Some(if visible { 0 } else { r.try_get::<u64, _>(1)? }))
     }
 
     async fn ping(&self) -> Result<(), RepoError> {
@@ -605,6 +658,8 @@ mod tests {
             assert_eq!(find("chat_groups.name").1, "varchar(64)");
             assert_eq!(find("chat_groups.name").2.as_deref(), Some("utf8mb4_bin"));
             assert_eq!(find("group_members.user_id").1, "bigint(20) unsigned");
+            assert_eq!(find("group_members.join_seq").1, "bigint(20) unsigned");
+            assert_eq!(find("chat_groups.history_visible_to_new_members").1, "tinyint(1)");
 
             let engines: Vec<(String, String)> = sqlx::query_as(
                 "SELECT CAST(ENGINE AS CHAR), CAST(TABLE_COLLATION AS CHAR) FROM information_schema.TABLES \

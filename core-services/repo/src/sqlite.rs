@@ -1,7 +1,10 @@
 //! SQLite store for embedded mode (`gochat dev`): WAL journal, migrations from
 //! migrations/sqlite applied at open.
 
-use crate::{plan_append, Appended, Group, GroupMember, GroupRole, NewMessage, RepoError, Store, StoredMessage, User};
+use crate::{
+    group_conversation_id, plan_append, single_conversation_id, Appended, Group, GroupMember, GroupRole, NewMessage,
+    RepoError, Store, StoredMessage, User,
+};
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
@@ -83,9 +86,9 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, sender_id, client_msg_id, content_type, content, created_at";
-const GROUP_COLUMNS: &str = "id, name, owner_id, created_at";
+const GROUP_COLUMNS: &str = "id, name, owner_id, created_at, history_visible_to_new_members";
 const MEMBER_COLUMNS: &str = "user_id, role, joined_at";
-/// Rows per multi-row membership INSERT: 4 parameters each, far below
+/// Rows per multi-row membership INSERT: 5 parameters each, far below
 /// SQLite's 32,766 bound parameters per statement.
 const MEMBER_ROWS_MAX: usize = 1000;
 
@@ -95,6 +98,7 @@ fn group_from_row(r: &SqliteRow) -> Result<Group, sqlx::Error> {
         name: r.try_get("name")?,
         owner_id: r.try_get::<i64, _>("owner_id")? as u64,
         created_at: r.try_get("created_at")?,
+        history_visible_to_new_members: r.try_get("history_visible_to_new_members")?,
     })
 }
 
@@ -110,12 +114,17 @@ fn member_from_row(r: &SqliteRow) -> Result<GroupMember, sqlx::Error> {
     })
 }
 
-/// `INSERT [OR IGNORE] INTO group_members ... VALUES` for one chunk of rows.
-fn member_insert<'a>(verb: &str, group_id: u64, chunk: &'a [GroupMember]) -> QueryBuilder<'a, Sqlite> {
+/// `INSERT [OR IGNORE] INTO group_members ... VALUES` for one chunk of rows,
+/// each joining at `join_seq`.
+fn member_insert<'a>(verb: &str, group_id: u64, join_seq: u64, chunk: &'a [GroupMember]) -> QueryBuilder<'a, Sqlite> {
     let mut q: QueryBuilder<Sqlite> =
-        QueryBuilder::new(format!("{verb} INTO group_members (group_id, {MEMBER_COLUMNS}) "));
+        QueryBuilder::new(format!("{verb} INTO group_members (group_id, {MEMBER_COLUMNS}, join_seq) "));
     q.push_values(chunk, |mut b, m| {
-        b.push_bind(group_id as i64).push_bind(m.user_id as i64).push_bind(m.role.as_str()).push_bind(m.joined_at);
+        b.push_bind(group_id as i64)
+            .push_bind(m.user_id as i64)
+            .push_bind(m.role.as_str())
+            .push_bind(m.joined_at)
+            .push_bind(join_seq as i64);
     });
     q
 }
@@ -244,15 +253,17 @@ impl Store for SqliteStore {
 
     async fn create_group(&self, group: &Group, members: &[GroupMember]) -> Result<(), RepoError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(&format!("INSERT INTO chat_groups ({GROUP_COLUMNS}) VALUES (?, ?, ?, ?)"))
+        sqlx::query(&format!("INSERT INTO chat_groups ({GROUP_COLUMNS}) VALUES (?, ?, ?, ?, ?)"))
             .bind(group.id as i64)
             .bind(&group.name)
             .bind(group.owner_id as i64)
             .bind(group.created_at)
+            .bind(group.history_visible_to_new_members)
             .execute(&mut *tx)
             .await?;
+        // The initial members join at 0: they read the group from its start.
         for chunk in members.chunks(MEMBER_ROWS_MAX) {
-            member_insert("INSERT", group.id, chunk).build().execute(&mut *tx).await?;
+            member_insert("INSERT", group.id, 0, chunk).build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -268,7 +279,7 @@ impl Store for SqliteStore {
 
     async fn groups_of_user(&self, user_id: u64) -> Result<Vec<Group>, RepoError> {
         let rows = sqlx::query(
-            "SELECT g.id, g.name, g.owner_id, g.created_at FROM group_members m \
+            "SELECT g.id, g.name, g.owner_id, g.created_at, g.history_visible_to_new_members FROM group_members m \
              JOIN chat_groups g ON g.id = m.group_id WHERE m.user_id = ?",
         )
         .bind(user_id as i64)
@@ -311,11 +322,19 @@ impl Store for SqliteStore {
         if exists.is_none() {
             return Err(RepoError::GroupNotFound);
         }
+        // The new members join at the conversation's last seq: under the
+        // write lock no append can move it before commit.
+        let join_seq: Option<i64> =
+            sqlx::query_scalar("SELECT last_seq FROM conversation_seqs WHERE conversation_id = ?")
+                .bind(group_conversation_id(group_id))
+                .fetch_optional(&mut *tx)
+                .await?;
+        let join_seq = join_seq.unwrap_or(0) as u64;
         // OR IGNORE skips users already in the group (and repeats within
         // `members`, first one wins); RETURNING yields only rows inserted.
         let mut added = Vec::new();
         for chunk in members.chunks(MEMBER_ROWS_MAX) {
-            let mut q = member_insert("INSERT OR IGNORE", group_id, chunk);
+            let mut q = member_insert("INSERT OR IGNORE", group_id, join_seq, chunk);
             q.push(" RETURNING user_id");
             for r in q.build().fetch_all(&mut *tx).await? {
                 added.push(r.try_get::<i64, _>(0)? as u64);
@@ -352,6 +371,37 @@ impl Store for SqliteStore {
         sqlx::query("DELETE FROM group_members WHERE group_id = ?").bind(group_id as i64).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    // privacy
+    async fn shares_conversation(&self, a: u64, b: u64) -> Result<bool, RepoError> {
+        if a == b {
+            return Ok(true);
+        }
+        let hit = sqlx::query(
+            "SELECT 1 WHERE EXISTS (SELECT 1 FROM conversation_seqs WHERE conversation_id = ?) \
+             OR EXISTS (SELECT 1 FROM group_members x JOIN group_members y \
+                        ON y.group_id = x.group_id AND y.user_id = ? WHERE x.user_id = ?)",
+        )
+        .bind(single_conversation_id(a, b))
+        .bind(b as i64)
+        .bind(a as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(hit.is_some())
+    }
+
+    async fn group_read_floor(&self, group_id: u64, user_id: u64) -> Result<Option<u64>, RepoError> {
+        let floor: Option<i64> = sqlx::query_scalar(
+            "SELECT CASE WHEN g.history_visible_to_new_members THEN 0 ELSE m.join_seq END \
+             FROM group_members m JOIN chat_groups g ON g.id = m.group_id \
+             WHERE m.group_id = ? AND m.user_id = ?",
+        )
+        .bind(group_id as i64)
+        .bind(user_id as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(floor.map(|f| f as u64))
     }
 
     async fn ping(&self) -> Result<(), RepoError> {

@@ -148,6 +148,9 @@ export function createGroup(base, owner, name, memberIds) {
  * (in parallel) and returns the ids that are not online yet. Senders call it
  * from a socket timer until it returns [] (protocol §4.5: a connection is
  * registered a few ms after its 101; pushes before that are not delivered).
+ * `token` must be allowed to see each id's presence (protocol §2.4): the
+ * user's own, or one of a user sharing a conversation with them (a group
+ * co-member); anyone else gets 403 and the id stays pending.
  */
 export function stillOffline(base, token, pending) {
   if (pending.length === 0) return [];

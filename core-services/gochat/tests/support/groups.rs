@@ -40,9 +40,10 @@ pub async fn connect_to(addr: SocketAddr, token: &str) -> Ws {
     ws
 }
 
-/// Wait until logic has registered a live connection of each user. In
-/// cluster mode thousands of connect events queue through the broker, so the
-/// bound is for all of them together (90 s), not per user.
+/// Wait until logic has registered a live connection of each user. `token`
+/// is a co-member's (presence is shown only to users who share a
+/// conversation). In cluster mode thousands of connect events queue through
+/// the broker, so the bound is for all of them together (90 s), not per user.
 pub async fn wait_all_online(http: &reqwest::Client, base: &str, token: &str, users: &[&str]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let mut pending: Vec<&str> = users.to_vec();
@@ -50,6 +51,7 @@ pub async fn wait_all_online(http: &reqwest::Client, base: &str, token: &str, us
         let online: Vec<bool> = futures_util::stream::iter(&pending)
             .map(|u| async move {
                 let r = http.get(format!("{base}/api/v1/users/{u}/presence")).bearer_auth(token).send().await.unwrap();
+                assert_eq!(r.status(), 200, "presence of {u}");
                 r.json::<Value>().await.unwrap()["connections"].as_u64() == Some(1)
             })
             .buffered(32)

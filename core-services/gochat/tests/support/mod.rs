@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod groups;
+pub mod privacy;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -143,10 +144,12 @@ impl Server {
     }
 
     /// Wait until logic has registered `n` live connections of `user_id`.
+    /// `token` must be allowed to see that presence: `user_id`'s own, or
+    /// one of a user who shares a conversation with them (docs/protocol.md §2.4).
     pub async fn wait_online(&self, token: &str, user_id: &str, n: u64) {
         for _ in 0..200 {
             let (s, v) = self.get(&format!("/api/v1/users/{user_id}/presence"), token).await;
-            assert_eq!(s, 200);
+            assert_eq!(s, 200, "presence of {user_id}: {v}");
             if v["connections"].as_u64() == Some(n) {
                 return;
             }
