@@ -102,6 +102,9 @@ def main():
     server = subprocess.Popen(
         [args.binary, "dev", "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--shards", str(args.shards), "--log-format", "json"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # Every connection comes from 127.0.0.1 with one account: lift the
+        # per-address cap (and the per-user device cap) for this measurement.
+        env={**os.environ, "GOCHAT_GATEWAY__MAX_CONNECTIONS_PER_IP": "0"},
     )
     try:
         base = f"http://127.0.0.1:{port}"

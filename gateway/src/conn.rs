@@ -16,6 +16,7 @@ use gochat_wscodec::{close_code, close_frame, server_frame, server_text, Message
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -80,9 +81,14 @@ pub struct Conn {
     close: Cell<Option<(u16, &'static str)>>,
     /// Shard clock (seconds) of the last frame received.
     last_seen: Cell<u32>,
+    /// Shard clock (seconds, + 1; 0 = nothing partial) since which an
+    /// incomplete message has been buffered without a message completing.
+    partial_since: Cell<u32>,
     /// The queue overflowed and a resync hint is queued: pushes are dropped
     /// until the hint has been written. (Lives in what was padding.)
     lagging: Cell<bool>,
+    /// Source address, for the per-IP connection count.
+    peer: Option<IpAddr>,
 }
 
 impl Conn {
@@ -95,8 +101,16 @@ impl Conn {
             waker: Cell::new(None),
             close: Cell::new(None),
             last_seen: Cell::new(now),
+            partial_since: Cell::new(0),
             lagging: Cell::new(false),
+            peer: None,
         }
+    }
+
+    /// Record the source address (released from the shard's per-IP count on close).
+    pub fn with_peer(mut self, peer: Option<IpAddr>) -> Self {
+        self.peer = peer;
+        self
     }
 
     /// Queue a frame the gateway generated in reply to this client (pong,
@@ -168,6 +182,26 @@ impl Conn {
         self.last_seen.get()
     }
 
+    /// Seconds an incomplete message has been pending at shard clock
+    /// `now` (None when nothing partial is buffered).
+    pub fn partial_for(&self, now: u32) -> Option<u32> {
+        match self.partial_since.get() {
+            0 => None,
+            since => Some(now.saturating_sub(since - 1)),
+        }
+    }
+
+    /// After a read: `partial` = an incomplete message is buffered. Its
+    /// clock starts now unless it was already running (a completed message
+    /// stops it, see `process`).
+    fn note_partial(&self, partial: bool, now: u32) {
+        if !partial {
+            self.partial_since.set(0);
+        } else if self.partial_since.get() == 0 {
+            self.partial_since.set(now.saturating_add(1));
+        }
+    }
+
     /// Throw away everything queued (the connection is closing or gone).
     pub fn discard(&self, metrics: &ShardMetrics) {
         metrics.queued_sub(self.out_bytes.replace(0));
@@ -177,6 +211,9 @@ impl Conn {
 
     /// The queue bound was exceeded: drop the queue and close with 1008.
     fn overflow(&self, metrics: &ShardMetrics) {
+        if self.close.get().is_none() {
+            metrics.slow_reader_closes.inc();
+        }
         self.discard(metrics);
         self.request_close(close_code::POLICY, "outbound queue overflow: resync after reconnecting");
     }
@@ -310,6 +347,7 @@ fn process(shard: &Shard, conn: &Conn, decoder: &mut MessageDecoder, buf: &mut [
         match message {
             Message::Text(text) => {
                 shard.metrics.frames_in.inc();
+                conn.partial_since.set(0); // a message completed: the frame deadline restarts
                 on_text(shard, conn, text);
             }
             Message::Binary(_) => {
@@ -384,9 +422,6 @@ pub async fn run(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut pe
             break;
         }
         if let Some((code, reason)) = conn.close.get() {
-            if code == close_code::POLICY {
-                shard.metrics.slow_reader_closes.inc();
-            }
             flow = Flow::Close(code, reason.into());
             continue;
         }
@@ -436,6 +471,10 @@ pub async fn run(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut pe
                     }
                     flow = f;
                 }
+                // A message started and not finished has a deadline
+                // (gateway.frame_timeout_secs), checked by the sweeper.
+                let partial = !pending.is_empty() || !decoder.is_idle();
+                conn.note_partial(partial, shard.clock());
             }
         }
     }
@@ -476,7 +515,7 @@ async fn linger(stream: &mut TcpStream) {
 pub async fn finish(shard: &Shard, conn: &Conn) {
     shard.conns.borrow_mut().remove(&conn.id);
     shard.metrics.websockets.dec();
-    shard.release_slot();
+    shard.release_slot(conn.peer);
     conn.discard(&shard.metrics);
     let ev = session_event(shard, conn.user_id, conn.id, session_event::Kind::Disconnect);
     if let Err(e) =
@@ -529,6 +568,8 @@ mod tests {
             handshake_timeout_ms: 1000,
             http_body_timeout_ms: 1000,
             idle_timeout_secs: 0,
+            frame_timeout_secs: 0,
+            max_connections_per_ip_per_shard: 0,
             write_timeout_ms: 1000,
             ring_depth: 128,
             max_connections: 10,
@@ -643,6 +684,8 @@ mod tests {
         let (future, conn, stream) = sizes;
         eprintln!("connection future {future} B, Conn {conn} B, TcpStream {stream} B");
         assert!(future <= 640, "the parked connection future grew to {future} bytes");
-        assert!(conn <= 128, "Conn grew to {conn} bytes");
+        // 112 B until the frame deadline (4 B) and the source address for
+        // the per-IP cap (17 B) came in; each must stay per connection.
+        assert!(conn <= 136, "Conn grew to {conn} bytes");
     }
 }

@@ -44,6 +44,9 @@ pub struct GatewaySettings {
     pub handshake_timeout_ms: u64,
     pub http_body_timeout_ms: u64,
     pub idle_timeout_secs: u64,
+    pub frame_timeout_secs: u64,
+    /// Per shard: ⌈gateway.max_connections_per_ip / shards⌉ (0 = no cap).
+    pub max_connections_per_ip_per_shard: usize,
     pub write_timeout_ms: u64,
     pub ring_depth: usize,
     /// Sockets the whole process may hold (split evenly over shards).
@@ -73,6 +76,8 @@ impl GatewaySettings {
             handshake_timeout_ms: g.handshake_timeout_ms,
             http_body_timeout_ms: g.http_body_timeout_ms,
             idle_timeout_secs: g.idle_timeout_secs,
+            frame_timeout_secs: g.frame_timeout_secs,
+            max_connections_per_ip_per_shard: g.max_connections_per_ip.div_ceil(cfg.effective_shards().max(1)),
             write_timeout_ms: g.write_timeout_ms,
             ring_depth: g.ring_depth.clamp(16, 32_768),
             max_connections,

@@ -34,6 +34,10 @@ pub struct ShardMetrics {
     /// Written only by the owning shard: see [`ShardMetrics::queued_add`].
     pub outbound_queued_bytes: Gauge,
     pub idle_closes: Counter,
+    /// Connections closed (1008) because a started message did not complete in time.
+    pub frame_timeouts: Counter,
+    /// Sockets refused because their source IP holds its share already.
+    pub refused_per_ip: Counter,
     pub http_requests: Counter,
     /// HTTP requests refused with 400 because their target was not a clean
     /// origin-form path (never forwarded).
@@ -140,6 +144,18 @@ pub fn render(gateway_id: &str, shards: &[std::sync::Arc<ShardMetrics>], enc: &m
         ("gochat_gateway_idle_closes_total", "counter", "connections closed (1001) for idleness", |m| {
             m.idle_closes.get()
         }),
+        (
+            "gochat_gateway_frame_timeouts_total",
+            "counter",
+            "connections closed (1008) because a started message was not completed within gateway.frame_timeout_secs",
+            |m| m.frame_timeouts.get(),
+        ),
+        (
+            "gochat_gateway_refused_per_ip_total",
+            "counter",
+            "sockets refused (429) because their source IP reached gateway.max_connections_per_ip",
+            |m| m.refused_per_ip.get(),
+        ),
         ("gochat_gateway_http_requests_total", "counter", "plain HTTP requests served", |m| m.http_requests.get()),
     ];
     for (name, kind, help, get) in rows {

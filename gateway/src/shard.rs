@@ -20,6 +20,7 @@ use gochat_proto::{kind, Message as _};
 use gochat_wscodec::{close_code, server_text};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,6 +46,9 @@ pub struct Shard {
     /// Sockets open on this shard (HTTP and WebSocket), against `max_open`.
     open: Cell<usize>,
     max_open: usize,
+    /// Sockets open per source address, against
+    /// `settings.max_connections_per_ip_per_shard` (entries removed at 0).
+    per_ip: RefCell<HashMap<IpAddr, u32>>,
     started: Instant,
 }
 
@@ -76,6 +80,7 @@ impl Shard {
             next_conn_id: Cell::new(first_id),
             open: Cell::new(0),
             max_open,
+            per_ip: RefCell::new(HashMap::new()),
             started: Instant::now(),
         }
     }
@@ -85,9 +90,31 @@ impl Shard {
         self.started.elapsed().as_secs() as u32
     }
 
-    /// A socket counted against `max_open` closed.
-    pub fn release_slot(&self) {
+    /// A socket counted against `max_open` (and its source address's
+    /// share) closed.
+    pub fn release_slot(&self, peer: Option<IpAddr>) {
         self.open.set(self.open.get().saturating_sub(1));
+        if let Some(ip) = peer {
+            let mut per_ip = self.per_ip.borrow_mut();
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+
+    /// Count a new socket from `ip`; false when the address holds its share.
+    fn take_ip_slot(&self, ip: IpAddr) -> bool {
+        let cap = self.settings.max_connections_per_ip_per_shard;
+        let mut per_ip = self.per_ip.borrow_mut();
+        let n = per_ip.entry(ip).or_insert(0);
+        if cap > 0 && *n as usize >= cap {
+            return false;
+        }
+        *n += 1;
+        true
     }
 
     fn next_conn_id(&self) -> u64 {
@@ -119,7 +146,21 @@ pub async fn run(
             Some(Ok(stream)) => {
                 if shard.open.get() >= shard.max_open {
                     shard.metrics.refused_at_capacity.inc();
-                    glommio::spawn_local(refuse(stream)).detach();
+                    let body =
+                        http::error_response(503, "over_capacity", "connection limit reached; retry later", false);
+                    glommio::spawn_local(refuse(stream, body)).detach();
+                    continue;
+                }
+                let peer = stream.peer_addr().ok().map(|a| a.ip());
+                if peer.is_some_and(|ip| !shard.take_ip_slot(ip)) {
+                    shard.metrics.refused_per_ip.inc();
+                    let body = http::error_response(
+                        429,
+                        "too_many_connections",
+                        "too many connections from this address; retry later",
+                        false,
+                    );
+                    glommio::spawn_local(refuse(stream, body)).detach();
                     continue;
                 }
                 shard.open.set(shard.open.get() + 1);
@@ -128,7 +169,7 @@ pub async fn run(
                     // An upgraded socket lives on in its own task and releases
                     // its slot when it closes (conn::finish).
                     if !serve(s.clone(), stream).await {
-                        s.release_slot();
+                        s.release_slot(peer);
                     }
                 })
                 .detach();
@@ -156,8 +197,7 @@ pub async fn run(
     }
 }
 
-async fn refuse(mut stream: TcpStream) {
-    let body = http::error_response(503, "over_capacity", "connection limit reached; retry later", false);
+async fn refuse(mut stream: TcpStream, body: Vec<u8>) {
     let _ = futures_lite::future::or(async { stream.write_all(&body).await.ok() }, async {
         glommio::timer::sleep(Duration::from_secs(1)).await;
         None
@@ -229,20 +269,29 @@ async fn push_loop(shard: Rc<Shard>, mut consumer: Box<dyn Consumer>) {
     }
 }
 
-/// Close connections that have been silent longer than the idle timeout.
+/// How often the sweeper runs: a quarter of the shorter deadline, 1-30 s.
+fn sweep_period(idle_secs: u64, frame_secs: u64) -> Option<Duration> {
+    let shortest = [idle_secs, frame_secs].into_iter().filter(|t| *t > 0).min()?;
+    Some(Duration::from_secs((shortest / 4).clamp(1, 30)))
+}
+
+/// Close connections silent longer than the idle timeout (1001), and those
+/// with a message started longer ago than the frame timeout (1008): a
+/// client trickling a frame byte by byte keeps `last_seen` fresh but not
+/// its partial message.
 async fn idle_sweeper(shard: Rc<Shard>) {
-    let timeout = shard.settings.idle_timeout_secs;
-    if timeout == 0 {
-        return;
-    }
-    let period = Duration::from_secs((timeout / 4).clamp(1, 30));
+    let (idle, frame) = (shard.settings.idle_timeout_secs, shard.settings.frame_timeout_secs);
+    let Some(period) = sweep_period(idle, frame) else { return };
     loop {
         glommio::timer::sleep(period).await;
         let now = shard.clock();
         for c in shard.conns.borrow().values() {
-            if now.saturating_sub(c.last_seen()) as u64 >= timeout {
+            if idle > 0 && now.saturating_sub(c.last_seen()) as u64 >= idle {
                 shard.metrics.idle_closes.inc();
                 c.request_close(close_code::GOING_AWAY, "idle timeout");
+            } else if frame > 0 && c.partial_for(now).is_some_and(|s| s as u64 >= frame) {
+                shard.metrics.frame_timeouts.inc();
+                c.request_close(close_code::POLICY, "frame timeout");
             }
         }
     }
@@ -440,7 +489,8 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, mut
     };
     let conn_id = shard.next_conn_id();
     // Registered before logic hears of it, so no push can miss it.
-    let conn = Rc::new(Conn::new(conn_id, user_id, shard.clock()));
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
+    let conn = Rc::new(Conn::new(conn_id, user_id, shard.clock()).with_peer(peer));
     shard.conns.borrow_mut().insert(conn_id, conn.clone());
     // Register the session with logic before the client can send anything.
     let ev = conn::session_event(&shard, user_id, conn_id, session_event::Kind::Connect);

@@ -66,6 +66,15 @@ pub struct GatewayConfig {
     pub http_body_timeout_ms: u64,
     /// A WebSocket that sends nothing (not even a ping) for this long is closed (1001).
     pub idle_timeout_secs: u64,
+    /// A WebSocket message that was started (a partial frame or fragment
+    /// buffered) must be completed within this long, however steadily its
+    /// bytes trickle in, else the connection is closed (1008). 0 disables.
+    pub frame_timeout_secs: u64,
+    /// Connections one source IP address may hold on this gateway process,
+    /// enforced by each shard for its share (⌈max / shards⌉; shards share
+    /// nothing). Over it the socket gets 429 `too_many_connections` and is
+    /// closed. 0 disables.
+    pub max_connections_per_ip: usize,
     /// A write that cannot make progress for this long drops the connection
     /// (a peer that stopped reading entirely).
     pub write_timeout_ms: u64,
@@ -344,6 +353,8 @@ impl Default for GatewayConfig {
             handshake_timeout_ms: 10_000,
             http_body_timeout_ms: 10_000,
             idle_timeout_secs: 300,
+            frame_timeout_secs: 30,
+            max_connections_per_ip: 10_000,
             write_timeout_ms: 10_000,
             ring_depth: 4096,
             push_queue_records: 65_536,
