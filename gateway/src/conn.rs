@@ -569,6 +569,7 @@ mod tests {
             http_body_timeout_ms: 1000,
             idle_timeout_secs: 0,
             frame_timeout_secs: 0,
+            public_ops_endpoints: false,
             max_connections_per_ip_per_shard: 0,
             write_timeout_ms: 1000,
             ring_depth: 128,

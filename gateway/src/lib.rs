@@ -45,6 +45,8 @@ pub struct GatewaySettings {
     pub http_body_timeout_ms: u64,
     pub idle_timeout_secs: u64,
     pub frame_timeout_secs: u64,
+    /// Serve /metrics and /readyz on the client port too.
+    pub public_ops_endpoints: bool,
     /// Per shard: ⌈gateway.max_connections_per_ip / shards⌉ (0 = no cap).
     pub max_connections_per_ip_per_shard: usize,
     pub write_timeout_ms: u64,
@@ -77,6 +79,7 @@ impl GatewaySettings {
             http_body_timeout_ms: g.http_body_timeout_ms,
             idle_timeout_secs: g.idle_timeout_secs,
             frame_timeout_secs: g.frame_timeout_secs,
+            public_ops_endpoints: g.public_ops_endpoints,
             max_connections_per_ip_per_shard: g.max_connections_per_ip.div_ceil(cfg.effective_shards().max(1)),
             write_timeout_ms: g.write_timeout_ms,
             ring_depth: g.ring_depth.clamp(16, 32_768),

@@ -64,6 +64,30 @@ impl ShardMetrics {
 }
 
 /// Render every shard's metrics, labelled by gateway and shard.
+/// Content type of a Prometheus text scrape.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// A whole scrape: this gateway's families, then the tier's (`GET /metrics`
+/// through `api`: in-process logic and task in embedded mode, a logic
+/// process in cluster mode), left out if it does not answer 200.
+pub async fn scrape(gateway_id: &str, shards: &[std::sync::Arc<ShardMetrics>], api: &dyn crate::ApiBackend) -> Vec<u8> {
+    let mut enc = TextEncoder::new();
+    render(gateway_id, shards, &mut enc);
+    let mut text = enc.finish().into_bytes();
+    let tier = api
+        .call(crate::api::ApiRequest {
+            method: "GET".into(),
+            target: "/metrics".into(),
+            headers: vec![],
+            body: bytes::Bytes::new(),
+        })
+        .await;
+    if tier.status == 200 {
+        text.extend_from_slice(&tier.body);
+    }
+    text
+}
+
 pub fn render(gateway_id: &str, shards: &[std::sync::Arc<ShardMetrics>], enc: &mut TextEncoder) {
     type Get = fn(&ShardMetrics) -> u64;
     let rows: &[(&str, &str, &str, Get)] = &[

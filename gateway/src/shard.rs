@@ -14,7 +14,6 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use gochat_common::auth::JwtKeys;
 use gochat_common::bus::{Consumer, Producer};
-use gochat_common::metrics::TextEncoder;
 use gochat_proto::bus::{session_event, KafkaMessage, Push};
 use gochat_proto::{kind, Message as _};
 use gochat_wscodec::{close_code, server_text};
@@ -423,24 +422,16 @@ async fn read_body(shard: &Shard, stream: &mut TcpStream, buf: &mut Vec<u8>, tot
 async fn route(shard: &Shard, head: &RequestHead, body: Bytes, keep_alive: bool) -> Vec<u8> {
     match (head.method.as_str(), head.path()) {
         ("GET", "/healthz") => http::response(200, "text/plain; charset=utf-8", &[], b"ok\n", keep_alive),
-        ("GET", "/metrics") => {
-            let mut enc = TextEncoder::new();
-            metrics::render(&shard.gateway_id, &shard.all_metrics, &mut enc);
-            let mut text = enc.finish().into_bytes();
-            let tier = shard
-                .api
-                .call(ApiRequest {
-                    method: "GET".into(),
-                    target: "/metrics".into(),
-                    headers: vec![],
-                    body: Bytes::new(),
-                })
-                .await;
-            if tier.status == 200 {
-                text.extend_from_slice(&tier.body);
-            }
-            http::response(200, "text/plain; version=0.0.4", &[], &text, keep_alive)
+        ("GET", "/metrics") if shard.settings.public_ops_endpoints => {
+            let text = metrics::scrape(&shard.gateway_id, &shard.all_metrics, shard.api.as_ref()).await;
+            http::response(200, metrics::CONTENT_TYPE, &[], &text, keep_alive)
         }
+        (_, "/metrics" | "/readyz") if !shard.settings.public_ops_endpoints => http::error_response(
+            404,
+            "not_found",
+            "operational endpoints are served on gateway.admin_listen",
+            keep_alive,
+        ),
         _ => match http::api_target(&head.target) {
             Ok(_) => {
                 let headers = head.headers.iter().filter(|(n, _)| !is_hop_by_hop(n)).cloned().collect();

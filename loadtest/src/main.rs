@@ -44,6 +44,11 @@ struct Cli {
     /// The server's pid, to sample its CPU time and RSS from /proc.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
+    /// The server's Prometheus scrape, for the report's metric deltas
+    /// (default `{url}/metrics`; a GoChat gateway serves it on its admin
+    /// listener, `gateway.admin_listen`, 127.0.0.1:9464 by default).
+    #[arg(long, global = true)]
+    metrics_url: Option<String>,
     /// Worker processes (each re-executes this binary with a share of the work).
     #[arg(long, global = true, default_value_t = 1)]
     procs: usize,
@@ -329,7 +334,8 @@ async fn run(mut cli: Cli) -> Result<bool> {
             a.start_at_ms = Some(start);
         }
     }
-    let metrics_before = server::metrics(&http, &base).await;
+    let metrics_url = cli.metrics_url.clone().unwrap_or_else(|| format!("{base}/metrics"));
+    let metrics_before = server::metrics(&http, &metrics_url).await;
     let proc_before = cli.server_pid.and_then(server::sample);
     let sampler = cli.server_pid.map(server::Sampler::start);
     // fanout: the server's CPU during the sending window alone (from the
@@ -363,7 +369,7 @@ async fn run(mut cli: Cli) -> Result<bool> {
     let ended_at_ms = now_ms();
     let rss_peak = sampler.map(|s| s.stop());
     let proc_after = cli.server_pid.and_then(server::sample);
-    let metrics_after = server::metrics(&http, &base).await;
+    let metrics_after = server::metrics(&http, &metrics_url).await;
 
     let mut partial = partial;
     let snapshot = partial.clone();

@@ -54,9 +54,10 @@ impl Sampler {
     }
 }
 
-/// All unlabelled-or-labelled numeric series of a Prometheus text page.
-pub async fn metrics(http: &reqwest::Client, base: &str) -> Option<BTreeMap<String, f64>> {
-    let text = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+/// All unlabelled-or-labelled numeric series of a Prometheus text page at `url`.
+pub async fn metrics(http: &reqwest::Client, url: &str) -> Option<BTreeMap<String, f64>> {
+    let resp = http.get(url).send().await.ok()?.error_for_status().ok()?;
+    let text = resp.text().await.ok()?;
     Some(parse_metrics(&text))
 }
 

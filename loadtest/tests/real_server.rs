@@ -16,7 +16,7 @@ impl Server {
     fn loadtest(&self, users: &Path, args: &[&str]) -> (Output, Value) {
         let report = self.dir.join(format!("report-{}.json", std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos()));
         let out = Command::new(env!("CARGO_BIN_EXE_gochat-loadtest"))
-            .args(["--url", &self.url, "--users-file"])
+            .args(["--url", &self.url, "--metrics-url", &format!("{}/metrics", self.admin_url), "--users-file"])
             .arg(users)
             .arg("--report")
             .arg(&report)

@@ -15,7 +15,8 @@ use crate::telemetry::LogFormat;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address of the public port: /ws, REST, /healthz, /readyz, /metrics.
+    /// Address of the public port: /ws, REST and /healthz (operational
+    /// endpoints are on `gateway.admin_listen`).
     pub listen: SocketAddr,
     /// Where embedded mode keeps its SQLite database and dev JWT secret.
     pub data_dir: PathBuf,
@@ -92,6 +93,13 @@ pub struct GatewayConfig {
     /// Cluster mode: largest REST response the gateway relays from logic;
     /// a larger one is answered 502 `bad_gateway`.
     pub max_api_response_bytes: usize,
+    /// The operational listener: `/metrics` (the gateway's and the tier's
+    /// families), `/readyz` and `/healthz`. Loopback by default: scrape it
+    /// locally or bind a private interface; it is never the client port.
+    pub admin_listen: SocketAddr,
+    /// Also answer `/metrics` and `/readyz` on the public client port (off:
+    /// 404 there). Only for setups where the client port is itself private.
+    pub public_ops_endpoints: bool,
 }
 
 /// Cluster mode: the Kafka-protocol broker between gateway and logic.
@@ -359,6 +367,8 @@ impl Default for GatewayConfig {
             ring_depth: 4096,
             push_queue_records: 65_536,
             api_upstream: "http://127.0.0.1:8081".into(),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            public_ops_endpoints: false,
             max_api_response_bytes: 16 << 20,
         }
     }

@@ -251,8 +251,16 @@ pub fn run_gateway(cfg: Config) -> anyhow::Result<()> {
     let api = Arc::new(HttpApi::new(&cfg, runtime.handle().clone())?);
     let bus = Arc::new(KafkaShardBus { kafka, gateway_id: cfg.gateway.id.clone(), push_topic });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let gateway = Gateway::start(settings, cfg.listen, GatewayDeps { bus, jwt, api }, shutdown_rx)?;
-    info!(addr = %gateway.local_addr, gateway = %cfg.gateway.id, shards, "gochat ready");
+    let gateway =
+        Gateway::start(settings, cfg.listen, GatewayDeps { bus, jwt, api: api.clone() }, shutdown_rx.clone())?;
+    let admin = runtime.block_on(crate::admin::serve(
+        cfg.gateway.admin_listen,
+        &cfg.gateway.id,
+        gateway.metrics.clone(),
+        api,
+        shutdown_rx,
+    ))?;
+    info!(addr = %gateway.local_addr, admin = %admin, gateway = %cfg.gateway.id, shards, "gochat ready");
     runtime.block_on(wait_for_signal());
     info!("shutting down");
     let _ = shutdown_tx.send(true);

@@ -108,7 +108,7 @@ impl Cluster {
         env.push(("GOCHAT_GATEWAY__ID", &id));
         env.push(("GOCHAT_GATEWAY__API_UPSTREAM", &api));
         let (child, ready) = spawn_ready(&["gateway", "--listen", "127.0.0.1:0", "--shards", "2"], &env);
-        let server = Server::attach(child, ready["addr"].as_str().unwrap().parse().unwrap());
+        let server = Server::attach_gateway(child, &ready);
         if i < self.gateways.len() {
             self.gateways[i] = server;
         } else {
@@ -197,7 +197,7 @@ async fn one_to_one_across_gateways() {
     send(&mut c1, json!({"type":"sync","conversation_id":cid})).await;
     assert_eq!(recv(&mut c1).await["code"], "not_member");
     for g in &c.gateways {
-        assert_eq!(g.http.get(g.url("/readyz")).send().await.unwrap().status(), 200);
+        assert_eq!(g.http.get(g.admin_url("/readyz")).send().await.unwrap().status(), 200);
     }
     let persisted = a.metric("gochat_logic_messages_persisted_total").await;
     assert_eq!(persisted[0].1, 22.0);
@@ -751,7 +751,12 @@ async fn gateway_is_not_an_open_proxy() {
     }
     assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0, "the canary listener was reached");
     // Control: clean targets are forwarded (logic answers), other paths are 404s.
-    assert_eq!(raw_request(gw, "GET", "/readyz", "x").0, 200);
+    assert_eq!(raw_request(gw, "GET", "/readyz", "x").0, 404, "operational endpoints are on the admin listener");
+    assert_eq!(
+        raw_request(c.gateways[0].admin, "GET", "/readyz", "x").0,
+        200,
+        "readiness is the tier's, through the admin listener"
+    );
     assert_eq!(raw_request(gw, "GET", "/api/v1/users/me", "x").0, 401);
     assert_eq!(raw_request(gw, "GET", "/latest/meta-data/", "x").0, 404);
     let bad: f64 = c.gateways[0].metric("gochat_gateway_http_bad_targets_total").await.iter().map(|(_, v)| v).sum();

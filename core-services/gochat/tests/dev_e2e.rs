@@ -165,8 +165,15 @@ async fn one_to_one_chat_end_to_end() {
     assert!(recv_within(&mut b1, Duration::from_millis(200)).await.is_none());
     let health = srv.http.get(srv.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    let ready = srv.http.get(srv.url("/readyz")).send().await.unwrap();
+    let ready = srv.http.get(srv.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+    // Operational endpoints are not on the public port (gateway.admin_listen, loopback).
+    for path in ["/metrics", "/readyz"] {
+        let r = srv.http.get(srv.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path} on the client port");
+    }
+    let scrape = srv.http.get(srv.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(scrape.contains("gochat_gateway_websockets") && scrape.contains("gochat_logic_records_total"), "{scrape}");
     send(&mut a1, text_msg("after", &bob, "still alive")).await;
     assert_eq!(recv(&mut a1).await["seq"], 25);
     let stored = srv.metric("gochat_logic_messages_persisted_total").await;
@@ -328,7 +335,7 @@ async fn running_out_of_file_descriptors_never_crashes_the_gateway() {
     // A cap far above what 256 descriptors allow: accept() itself hits EMFILE.
     let args = ["dev", "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir", dir.to_str().unwrap()];
     let (child, ready) = spawn_ready_with_nofile(&args, &[("GOCHAT_GATEWAY__MAX_CONNECTIONS", "5000")], Some(256));
-    let srv = Server::attach(child, ready["addr"].as_str().unwrap().parse().unwrap());
+    let srv = Server::attach_gateway(child, &ready);
     assert_eq!(ready["shards"], 1);
     let (_, tok) = srv.user("fdhog").await;
     let url = format!("ws://{}/ws?token={tok}", srv.addr);

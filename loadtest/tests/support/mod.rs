@@ -12,6 +12,8 @@ use std::time::Duration;
 pub struct Server {
     pub child: Child,
     pub url: String,
+    /// The gateway's operational listener (/metrics).
+    pub admin_url: String,
     pub dir: PathBuf,
 }
 
@@ -53,6 +55,7 @@ pub fn start_server_with(name: &str, env: &[(&str, &str)]) -> Server {
         .args(["dev", "--listen", "127.0.0.1:0", "--shards", "1", "--log-format", "json", "--data-dir"])
         .arg(dir.join("data"))
         .env("RUST_LOG", "info")
+        .env("GOCHAT_GATEWAY__ADMIN_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -65,7 +68,8 @@ pub fn start_server_with(name: &str, env: &[(&str, &str)]) -> Server {
             if !sent {
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
                     if v["message"] == "gochat ready" {
-                        let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
+                        let addr = v["addr"].as_str().unwrap_or_default().to_owned();
+                        let _ = tx.send((addr, v["admin"].as_str().unwrap_or_default().to_owned()));
                         sent = true;
                     }
                 }
@@ -73,7 +77,7 @@ pub fn start_server_with(name: &str, env: &[(&str, &str)]) -> Server {
         }
     });
     match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(addr) => Server { child, url: format!("http://{addr}"), dir },
+        Ok((addr, admin)) => Server { child, url: format!("http://{addr}"), admin_url: format!("http://{admin}"), dir },
         Err(_) => {
             let _ = child.kill();
             panic!("gochat dev did not report ready within 60 s");

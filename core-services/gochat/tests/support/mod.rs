@@ -23,6 +23,9 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    /// Where /metrics and /readyz are served: a gateway's admin listener,
+    /// or `addr` for processes that serve them on their own API port.
+    pub admin: SocketAddr,
     pub data_dir: PathBuf,
     pub http: reqwest::Client,
 }
@@ -50,12 +53,26 @@ impl Server {
         args.push(&dir);
         let (child, ready) = spawn_ready(&args, env);
         let addr = ready["addr"].as_str().unwrap().parse().unwrap();
-        Server { child, addr, data_dir: data_dir.to_owned(), http: reqwest::Client::new() }
+        let admin = ready["admin"].as_str().unwrap().parse().unwrap();
+        Server { child, addr, admin, data_dir: data_dir.to_owned(), http: reqwest::Client::new() }
     }
 
-    /// A process already started with [`spawn_ready`], reachable over HTTP at `addr`.
+    /// A process already started with [`spawn_ready`], reachable over HTTP
+    /// at `addr`; a gateway's ready line also names its admin listener.
     pub fn attach(child: Child, addr: SocketAddr) -> Self {
-        Server { child, addr, data_dir: PathBuf::new(), http: reqwest::Client::new() }
+        Server { child, addr, admin: addr, data_dir: PathBuf::new(), http: reqwest::Client::new() }
+    }
+
+    /// [`Self::attach`] for a gateway: `addr` and `admin` from its ready line.
+    pub fn attach_gateway(child: Child, ready: &Value) -> Self {
+        let mut s = Self::attach(child, ready["addr"].as_str().unwrap().parse().unwrap());
+        s.admin = ready["admin"].as_str().unwrap().parse().unwrap();
+        s
+    }
+
+    /// A URL on the operational listener (/metrics, /readyz).
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
     }
 
     pub fn pid(&self) -> u32 {
@@ -159,7 +176,7 @@ impl Server {
     }
 
     pub async fn metric(&self, name: &str) -> Vec<(String, f64)> {
-        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let text = self.http.get(self.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
         text.lines()
             .filter(|l| l.starts_with(name) && !l.starts_with('#'))
             .filter_map(|l| {
@@ -193,6 +210,8 @@ pub fn spawn_ready_with_nofile(args: &[&str], env: &[(&str, &str)], nofile: Opti
     }
     cmd.args(args)
         .args(["--log-format", "json"])
+        // Gateways' operational listener on a free port (the ready line names it).
+        .env("GOCHAT_GATEWAY__ADMIN_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", std::env::var("GOCHAT_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()))
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
