@@ -14,6 +14,7 @@ pub mod http;
 pub mod inbound;
 pub mod metrics;
 pub mod shard;
+pub mod tokens;
 
 use glommio::{LocalExecutorBuilder, Placement};
 use gochat_common::auth::JwtKeys;
@@ -44,6 +45,8 @@ pub struct GatewaySettings {
     pub handshake_timeout_ms: u64,
     pub http_body_timeout_ms: u64,
     pub idle_timeout_secs: u64,
+    /// Period of the shard's sweep for idle connections and expired tokens.
+    pub sweep_interval_secs: u64,
     pub write_timeout_ms: u64,
     pub ring_depth: usize,
     /// Sockets the whole process may hold (split evenly over shards).
@@ -73,6 +76,11 @@ impl GatewaySettings {
             handshake_timeout_ms: g.handshake_timeout_ms,
             http_body_timeout_ms: g.http_body_timeout_ms,
             idle_timeout_secs: g.idle_timeout_secs,
+            sweep_interval_secs: match (g.sweep_interval_secs, g.idle_timeout_secs) {
+                (0, 0) => 30,
+                (0, idle) => (idle / 4).clamp(1, 30),
+                (set, _) => set,
+            },
             write_timeout_ms: g.write_timeout_ms,
             ring_depth: g.ring_depth.clamp(16, 32_768),
             max_connections,

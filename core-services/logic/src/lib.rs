@@ -12,6 +12,7 @@
 //! [`SessionStore`]: session::SessionStore
 
 pub mod api;
+pub mod auth_api;
 pub mod fanout;
 pub mod frames;
 pub mod groups_api;
@@ -20,5 +21,6 @@ pub mod moderation;
 pub mod password;
 pub mod redis_store;
 pub mod session;
+pub mod tokens;
 
 pub use logic::{Access, Logic, LogicDeps, LogicMetrics};
