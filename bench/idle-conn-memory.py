@@ -102,6 +102,9 @@ def main():
     server = subprocess.Popen(
         [args.binary, "dev", "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--shards", str(args.shards), "--log-format", "json"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # One account holds every socket: lift the per-user cap (default 16),
+        # and keep the token valid however long the measurement takes.
+        env=dict(os.environ, GOCHAT_LOGIC__MAX_CONNECTIONS_PER_USER="0", GOCHAT_AUTH__TOKEN_TTL_SECS="86400"),
     )
     try:
         base = f"http://127.0.0.1:{port}"
