@@ -209,15 +209,34 @@ mod mysql_impl {
     use crate::mysql::MySqlStore;
     use sqlx::Row;
 
+    /// InnoDB error 1213: the transaction was chosen as a deadlock victim
+    /// and rolled back; running it again is safe.
+    fn is_deadlock(e: &RepoError) -> bool {
+        matches!(e, RepoError::Database(sqlx::Error::Database(d)) if d.code().as_deref() == Some("40001"))
+    }
+
+    /// Run `op` again (up to 3 times) when InnoDB rolled it back for a deadlock
+    /// (the writes on the family and user indexes take next-key locks).
+    async fn retrying<T, F, Fut>(mut op: F) -> Result<T, RepoError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RepoError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Err(e) if is_deadlock(&e) && attempt < 3 => {
+                    attempt += 1;
+                    tracing::debug!(attempt, "token transaction deadlocked; retrying");
+                }
+                other => return other,
+            }
+        }
+    }
+
     #[async_trait]
     impl TokenStore for MySqlStore {
         async fn create_refresh_token(&self, t: &RefreshToken) -> Result<(), RepoError> {
-            let mut tx = self.pool().begin().await?;
-            sqlx::query("DELETE FROM refresh_tokens WHERE user_id = ? AND expires_at < ?")
-                .bind(t.user_id)
-                .bind(t.created_at)
-                .execute(&mut *tx)
-                .await?;
             sqlx::query(
                 "INSERT INTO refresh_tokens (token_hash, user_id, family_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
             )
@@ -226,13 +245,59 @@ mod mysql_impl {
             .bind(t.family_id)
             .bind(t.created_at)
             .bind(t.expires_at)
-            .execute(&mut *tx)
+            .execute(self.pool())
             .await?;
-            tx.commit().await?;
+            // Best effort, outside any transaction and by primary key only: a
+            // range DELETE on the user index would take gap locks that
+            // deadlock with concurrent logins of neighbouring users.
+            let expired: Vec<String> = sqlx::query_scalar(
+                "SELECT token_hash FROM refresh_tokens WHERE user_id = ? AND expires_at < ? LIMIT 100",
+            )
+            .bind(t.user_id)
+            .bind(t.created_at)
+            .fetch_all(self.pool())
+            .await?;
+            for hash in expired {
+                if let Err(e) = sqlx::query("DELETE FROM refresh_tokens WHERE token_hash = ?")
+                    .bind(&hash)
+                    .execute(self.pool())
+                    .await
+                {
+                    tracing::debug!(error = %e, "expired refresh token not deleted");
+                }
+            }
             Ok(())
         }
 
         async fn rotate_refresh_token(
+            &self,
+            presented: &str,
+            next: &str,
+            next_expires_at: i64,
+            now: i64,
+        ) -> Result<Rotation, RepoError> {
+            retrying(|| self.rotate_once(presented, next, next_expires_at, now)).await
+        }
+
+        async fn revoke_refresh_family(&self, token_hash: &str) -> Result<Option<u64>, RepoError> {
+            retrying(|| self.revoke_family_once(token_hash)).await
+        }
+
+        async fn revoke_all_sessions(&self, user_id: u64) -> Result<u64, RepoError> {
+            retrying(|| self.revoke_all_once(user_id)).await
+        }
+
+        async fn token_version(&self, user_id: u64) -> Result<u64, RepoError> {
+            let v: Option<u64> = sqlx::query_scalar("SELECT version FROM user_token_versions WHERE user_id = ?")
+                .bind(user_id)
+                .fetch_optional(self.pool())
+                .await?;
+            Ok(v.unwrap_or(0))
+        }
+    }
+
+    impl MySqlStore {
+        async fn rotate_once(
             &self,
             presented: &str,
             next: &str,
@@ -289,7 +354,7 @@ mod mysql_impl {
             Ok(outcome)
         }
 
-        async fn revoke_refresh_family(&self, token_hash: &str) -> Result<Option<u64>, RepoError> {
+        async fn revoke_family_once(&self, token_hash: &str) -> Result<Option<u64>, RepoError> {
             let mut tx = self.pool().begin().await?;
             let Some(row) = sqlx::query("SELECT user_id, family_id FROM refresh_tokens WHERE token_hash = ?")
                 .bind(token_hash)
@@ -306,7 +371,7 @@ mod mysql_impl {
             Ok(Some(row.try_get("user_id")?))
         }
 
-        async fn revoke_all_sessions(&self, user_id: u64) -> Result<u64, RepoError> {
+        async fn revoke_all_once(&self, user_id: u64) -> Result<u64, RepoError> {
             let mut tx = self.pool().begin().await?;
             sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE user_id = ? AND revoked = 0")
                 .bind(user_id)
@@ -325,14 +390,6 @@ mod mysql_impl {
                 .await?;
             tx.commit().await?;
             Ok(v)
-        }
-
-        async fn token_version(&self, user_id: u64) -> Result<u64, RepoError> {
-            let v: Option<u64> = sqlx::query_scalar("SELECT version FROM user_token_versions WHERE user_id = ?")
-                .bind(user_id)
-                .fetch_optional(self.pool())
-                .await?;
-            Ok(v.unwrap_or(0))
         }
     }
 }
