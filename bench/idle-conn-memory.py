@@ -103,8 +103,14 @@ def main():
         [args.binary, "dev", "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--shards", str(args.shards), "--log-format", "json"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         # Every connection comes from 127.0.0.1 with one account: lift the
-        # per-address cap (and the per-user device cap) for this measurement.
-        env={**os.environ, "GOCHAT_GATEWAY__MAX_CONNECTIONS_PER_IP": "0"},
+        # per-address cap and the per-user cap (default 16), and keep the
+        # token valid however long the measurement takes.
+        env=dict(
+            os.environ,
+            GOCHAT_GATEWAY__MAX_CONNECTIONS_PER_IP="0",
+            GOCHAT_LOGIC__MAX_CONNECTIONS_PER_USER="0",
+            GOCHAT_AUTH__TOKEN_TTL_SECS="86400",
+        ),
     )
     try:
         base = f"http://127.0.0.1:{port}"

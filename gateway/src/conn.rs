@@ -24,6 +24,9 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 use tracing::debug;
 
+/// Close reason (1008) of a connection whose outbound queue overflowed.
+const OVERFLOW_REASON: &str = "outbound queue overflow: resync after reconnecting";
+
 /// Room above `gateway.outbound_queue_bytes` that only the resync hint may use.
 pub const RESYNC_RESERVE_BYTES: usize = 256;
 
@@ -84,6 +87,9 @@ pub struct Conn {
     /// Shard clock (seconds, + 1; 0 = nothing partial) since which an
     /// incomplete message has been buffered without a message completing.
     partial_since: Cell<u32>,
+    /// Unix seconds at which the connection's access token expires (0 =
+    /// never); renewed by an `auth` frame, checked by the shard's sweep.
+    expires_at: Cell<u32>,
     /// The queue overflowed and a resync hint is queued: pushes are dropped
     /// until the hint has been written. (Lives in what was padding.)
     lagging: Cell<bool>,
@@ -102,6 +108,7 @@ impl Conn {
             close: Cell::new(None),
             last_seen: Cell::new(now),
             partial_since: Cell::new(0),
+            expires_at: Cell::new(0),
             lagging: Cell::new(false),
             peer: None,
         }
@@ -202,6 +209,15 @@ impl Conn {
         }
     }
 
+    /// Unix seconds at which the access token expires (0 = never).
+    pub fn expires_at(&self) -> u32 {
+        self.expires_at.get()
+    }
+
+    pub fn set_expires_at(&self, unix_secs: u64) {
+        self.expires_at.set(unix_secs.min(u32::MAX as u64) as u32);
+    }
+
     /// Throw away everything queued (the connection is closing or gone).
     pub fn discard(&self, metrics: &ShardMetrics) {
         metrics.queued_sub(self.out_bytes.replace(0));
@@ -215,7 +231,7 @@ impl Conn {
             metrics.slow_reader_closes.inc();
         }
         self.discard(metrics);
-        self.request_close(close_code::POLICY, "outbound queue overflow: resync after reconnecting");
+        self.request_close(close_code::POLICY, OVERFLOW_REASON);
     }
 
     /// Append a frame, accounted but not checked against any bound.
@@ -376,6 +392,11 @@ fn on_text(shard: &Shard, conn: &Conn, text: &mut [u8]) {
             shard.metrics.frames_out.inc();
             conn.enqueue(server_text(&json), shard.settings.outbound_queue_bytes, &shard.metrics);
         }
+        Inbound::Auth(token) => {
+            let json = crate::tokens::reauth(shard, conn, &token);
+            shard.metrics.frames_out.inc();
+            conn.enqueue(server_text(&json), shard.settings.outbound_queue_bytes, &shard.metrics);
+        }
         Inbound::Upstream { key, payload, reference } => {
             match shard.producer.try_send(&shard.settings.upstream_topic, key.as_bytes(), None, payload) {
                 Ok(()) => shard.metrics.upstream_records.inc(),
@@ -517,7 +538,7 @@ pub async fn finish(shard: &Shard, conn: &Conn) {
     shard.metrics.websockets.dec();
     shard.release_slot(conn.peer);
     conn.discard(&shard.metrics);
-    let ev = session_event(shard, conn.user_id, conn.id, session_event::Kind::Disconnect);
+    let ev = session_event(shard, conn.user_id, conn.id, session_event::Kind::Disconnect, 0);
     if let Err(e) =
         shard.producer.send(&shard.settings.upstream_topic, format!("u{}", conn.user_id).as_bytes(), None, ev).await
     {
@@ -527,12 +548,19 @@ pub async fn finish(shard: &Shard, conn: &Conn) {
 }
 
 /// Encoded session event for this shard's connection.
-pub fn session_event(shard: &Shard, user_id: u64, conn_id: u64, event: session_event::Kind) -> Bytes {
+pub fn session_event(
+    shard: &Shard,
+    user_id: u64,
+    conn_id: u64,
+    event: session_event::Kind,
+    token_version: u64,
+) -> Bytes {
     let ev = SessionEvent {
         kind: event as i32,
         user_id,
         conn: Some(ConnRef { gateway_id: shard.gateway_id.to_string(), shard: shard.index, conn_id }),
         at_ms: gochat_common::now_ms(),
+        token_version,
     };
     KafkaMessage::wrap(kind::SESSION, String::new(), ev).encode_to_vec().into()
 }
@@ -571,6 +599,7 @@ mod tests {
             frame_timeout_secs: 0,
             public_ops_endpoints: false,
             max_connections_per_ip_per_shard: 0,
+            sweep_interval_secs: 30,
             write_timeout_ms: 1000,
             ring_depth: 128,
             max_connections: 10,

@@ -21,6 +21,9 @@ pub enum Inbound {
     /// Produce this record to `im.upstream` keyed by `key`; on backpressure,
     /// answer with an error referencing `reference`.
     Upstream { key: String, payload: Bytes, reference: Option<String> },
+    /// `{"type":"auth","token":...}`: renew the connection's access token
+    /// (verified by the shard, which answers `auth-ok` or an error).
+    Auth(String),
 }
 
 /// Limits a shard applies to client messages.
@@ -82,6 +85,10 @@ pub fn handle_text(
         Some("ping") => Inbound::Reply(Bytes::from_static(PONG)),
         Some("send-message") => send_message(&value, origin, limits, trace_id),
         Some("sync") => sync(&value, origin, trace_id),
+        Some("auth") => match value.get_str("token") {
+            Some(t) if !t.is_empty() => Inbound::Auth(t.to_owned()),
+            _ => reply_error("invalid_message", "auth needs a non-empty string field \"token\"", None),
+        },
         Some(other) => reply_error("unknown_type", &format!("unknown message type {other:?}"), None),
         None => reply_error("invalid_message", "missing string field \"type\"", None),
     }

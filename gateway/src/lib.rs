@@ -14,6 +14,7 @@ pub mod http;
 pub mod inbound;
 pub mod metrics;
 pub mod shard;
+pub mod tokens;
 
 use glommio::{LocalExecutorBuilder, Placement};
 use gochat_common::auth::JwtKeys;
@@ -49,6 +50,8 @@ pub struct GatewaySettings {
     pub public_ops_endpoints: bool,
     /// Per shard: ⌈gateway.max_connections_per_ip / shards⌉ (0 = no cap).
     pub max_connections_per_ip_per_shard: usize,
+    /// Period of the shard's sweep for idle connections and expired tokens.
+    pub sweep_interval_secs: u64,
     pub write_timeout_ms: u64,
     pub ring_depth: usize,
     /// Sockets the whole process may hold (split evenly over shards).
@@ -81,6 +84,15 @@ impl GatewaySettings {
             frame_timeout_secs: g.frame_timeout_secs,
             public_ops_endpoints: g.public_ops_endpoints,
             max_connections_per_ip_per_shard: g.max_connections_per_ip.div_ceil(cfg.effective_shards().max(1)),
+            // Default: a quarter of the shorter of the idle and frame deadlines.
+            sweep_interval_secs: match g.sweep_interval_secs {
+                0 => [g.idle_timeout_secs, g.frame_timeout_secs]
+                    .into_iter()
+                    .filter(|t| *t > 0)
+                    .min()
+                    .map_or(30, |t| (t / 4).clamp(1, 30)),
+                set => set,
+            },
             write_timeout_ms: g.write_timeout_ms,
             ring_depth: g.ring_depth.clamp(16, 32_768),
             max_connections,

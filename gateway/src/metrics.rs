@@ -38,6 +38,13 @@ pub struct ShardMetrics {
     pub frame_timeouts: Counter,
     /// Sockets refused because their source IP holds its share already.
     pub refused_per_ip: Counter,
+    /// Connections closed (1008) because their access token expired.
+    pub token_expired_closes: Counter,
+    /// Connections closed on logic's request (revoked, over the per-user cap).
+    pub kicks: Counter,
+    /// `auth` frames that renewed a connection's token, and ones refused.
+    pub reauths: Counter,
+    pub reauth_failures: Counter,
     pub http_requests: Counter,
     /// HTTP requests refused with 400 because their target was not a clean
     /// origin-form path (never forwarded).
@@ -181,6 +188,19 @@ pub fn render(gateway_id: &str, shards: &[std::sync::Arc<ShardMetrics>], enc: &m
             |m| m.refused_per_ip.get(),
         ),
         ("gochat_gateway_http_requests_total", "counter", "plain HTTP requests served", |m| m.http_requests.get()),
+        ("gochat_gateway_token_expired_closes_total", "counter", "connections closed (1008) at token expiry", |m| {
+            m.token_expired_closes.get()
+        }),
+        (
+            "gochat_gateway_kicks_total",
+            "counter",
+            "connections closed (1008) on logic's request: revoked sessions, per-user cap",
+            |m| m.kicks.get(),
+        ),
+        ("gochat_gateway_reauths_total", "counter", "auth frames that renewed a connection's token", |m| {
+            m.reauths.get()
+        }),
+        ("gochat_gateway_reauth_failures_total", "counter", "auth frames refused", |m| m.reauth_failures.get()),
     ];
     for (name, kind, help, get) in rows {
         enc.family(name, kind, help);

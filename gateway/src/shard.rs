@@ -227,6 +227,10 @@ async fn push_loop(shard: Rc<Shard>, mut consumer: Box<dyn Consumer>) {
                 continue;
             };
             shard.metrics.pushes.inc();
+            if let Some(close) = &push.close {
+                crate::tokens::kick(&shard, &push.recipients, close);
+                continue;
+            }
             let frame = server_text(&push.frame);
             let limit = shard.settings.outbound_queue_bytes;
             let mut pressure = false;
@@ -268,26 +272,27 @@ async fn push_loop(shard: Rc<Shard>, mut consumer: Box<dyn Consumer>) {
     }
 }
 
-/// How often the sweeper runs: a quarter of the shorter deadline, 1-30 s.
-fn sweep_period(idle_secs: u64, frame_secs: u64) -> Option<Duration> {
-    let shortest = [idle_secs, frame_secs].into_iter().filter(|t| *t > 0).min()?;
-    Some(Duration::from_secs((shortest / 4).clamp(1, 30)))
-}
-
-/// Close connections silent longer than the idle timeout (1001), and those
-/// with a message started longer ago than the frame timeout (1008): a
-/// client trickling a frame byte by byte keeps `last_seen` fresh but not
-/// its partial message.
+/// Close connections that have been silent longer than the idle timeout
+/// (1001), connections whose access token expired (1008 `token expired`),
+/// and those with a message started longer ago than the frame timeout (1008
+/// `frame timeout`: a client trickling a frame byte by byte keeps
+/// `last_seen` fresh but not its partial message), every
+/// `sweep_interval_secs`. One pass over the shard's map: no timer per
+/// connection.
 async fn idle_sweeper(shard: Rc<Shard>) {
     let (idle, frame) = (shard.settings.idle_timeout_secs, shard.settings.frame_timeout_secs);
-    let Some(period) = sweep_period(idle, frame) else { return };
+    let period = Duration::from_secs(shard.settings.sweep_interval_secs.max(1));
     loop {
         glommio::timer::sleep(period).await;
         let now = shard.clock();
+        let unix = crate::tokens::unix_now();
         for c in shard.conns.borrow().values() {
             if idle > 0 && now.saturating_sub(c.last_seen()) as u64 >= idle {
                 shard.metrics.idle_closes.inc();
                 c.request_close(close_code::GOING_AWAY, "idle timeout");
+            } else if crate::tokens::expired(c, unix) {
+                shard.metrics.token_expired_closes.inc();
+                c.request_close(close_code::POLICY, gochat_common::auth::CLOSE_TOKEN_EXPIRED);
             } else if frame > 0 && c.partial_for(now).is_some_and(|s| s as u64 >= frame) {
                 shard.metrics.frame_timeouts.inc();
                 c.request_close(close_code::POLICY, "frame timeout");
@@ -467,8 +472,8 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, mut
     };
     let token =
         head.header("authorization").and_then(JwtKeys::bearer).map(str::to_owned).or_else(|| head.query_param("token"));
-    let user_id = match token.as_deref().map(|t| shard.jwt.verify(t)) {
-        Some(Ok(uid)) => uid,
+    let claims = match token.as_deref().map(|t| shard.jwt.verify_claims(t)) {
+        Some(Ok(v)) => v,
         Some(Err(e)) => {
             unauthorized(&shard, &mut stream, &e.to_string()).await;
             return false;
@@ -478,13 +483,16 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, mut
             return false;
         }
     };
+    let user_id = claims.user_id;
     let conn_id = shard.next_conn_id();
     // Registered before logic hears of it, so no push can miss it.
     let peer = stream.peer_addr().ok().map(|a| a.ip());
     let conn = Rc::new(Conn::new(conn_id, user_id, shard.clock()).with_peer(peer));
+    conn.set_expires_at(claims.expires_at);
     shard.conns.borrow_mut().insert(conn_id, conn.clone());
     // Register the session with logic before the client can send anything.
-    let ev = conn::session_event(&shard, user_id, conn_id, session_event::Kind::Connect);
+    // Logic checks the token's version (revocation) and the per-user cap.
+    let ev = conn::session_event(&shard, user_id, conn_id, session_event::Kind::Connect, claims.version);
     if let Err(e) =
         shard.producer.send(&shard.settings.upstream_topic, format!("u{user_id}").as_bytes(), None, ev).await
     {

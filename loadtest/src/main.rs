@@ -101,6 +101,8 @@ impl Ctx {
 
 const MAX_CONNECTIONS: usize = 1_000_000;
 const MAX_SECS: f64 = 3600.0;
+/// The server's default `logic.max_connections_per_user`.
+const SERVER_CONNECTIONS_PER_USER: usize = 16;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -313,7 +315,17 @@ async fn run(mut cli: Cli) -> Result<bool> {
             nofile()
         );
     }
-    let users = users::ensure(&http, &base, &users_file, &cli.user_prefix, n_users).await?;
+    let per_user = cli.cmd.connections().div_ceil(n_users.max(1));
+    if per_user > SERVER_CONNECTIONS_PER_USER {
+        eprintln!(
+            "gochat-loadtest: warning: {per_user} connections per user exceed the server's default \
+             logic.max_connections_per_user ({SERVER_CONNECTIONS_PER_USER}), which closes the oldest: pass --users >= \
+             {} or start the server with GOCHAT_LOGIC__MAX_CONNECTIONS_PER_USER=0",
+            cli.cmd.connections().div_ceil(SERVER_CONNECTIONS_PER_USER)
+        );
+    }
+    let need_secs = cli.cmd.watchdog().as_secs_f64();
+    let users = users::ensure(&http, &base, &users_file, &cli.user_prefix, n_users, need_secs).await?;
     // fanout: one fresh group per run; every worker starts sending at the same instant.
     let mut extra_args: Vec<String> = Vec::new();
     if let Cmd::Fanout(a) = &mut cli.cmd {

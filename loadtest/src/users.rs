@@ -49,7 +49,18 @@ fn now_ms() -> u64 {
 /// Make sure users `{prefix}_0000000 .. n-1` exist and hold valid tokens; returns them in order.
 /// Cached tokens are checked on a sample (a restarted server with a new secret rejects them all);
 /// users not in the cache are registered (409 `username_taken` is fine) and logged in.
-pub async fn ensure(http: &reqwest::Client, base: &str, path: &Path, prefix: &str, n: usize) -> Result<Vec<User>> {
+/// Every token must stay valid for `need_secs` (the whole run): a WebSocket
+/// whose token expires is closed by the server, and the load test does not
+/// renew tokens. Against a server whose tokens live shorter (the default
+/// `auth.token_ttl_secs` is 15 min) it fails with advice instead.
+pub async fn ensure(
+    http: &reqwest::Client,
+    base: &str,
+    path: &Path,
+    prefix: &str,
+    n: usize,
+    need_secs: f64,
+) -> Result<Vec<User>> {
     let mut cache: Cache = match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
         Err(_) => Cache::default(),
@@ -59,7 +70,7 @@ pub async fn ensure(http: &reqwest::Client, base: &str, path: &Path, prefix: &st
     }
     let mut by_name: HashMap<String, User> = cache.users.drain(..).map(|u| (u.username.clone(), u)).collect();
     // Check a sample of the cached tokens against the server.
-    let soon = now_ms() + 3_600_000;
+    let soon = now_ms() + (need_secs * 1000.0) as u64 + 60_000;
     let sample: Vec<User> =
         (0..n).filter_map(|i| by_name.get(&username(prefix, i)).cloned()).step_by((n / 8).max(1)).take(8).collect();
     let mut valid = true;
@@ -89,6 +100,15 @@ pub async fn ensure(http: &reqwest::Client, base: &str, path: &Path, prefix: &st
         by_name.insert(u.username.clone(), u);
     }
     eprintln!("gochat-loadtest: users: {reused} reused from {path:?}, {made} logged in or registered");
+    if let Some(short) =
+        by_name.values().filter(|u| u.expires_at > 0 && u.expires_at <= soon).map(|u| u.expires_at).min()
+    {
+        let left = short.saturating_sub(now_ms()) / 1000;
+        bail!(
+            "the server's access tokens expire in {left} s, before this run ends ({need_secs:.0} s + 60 s): \
+             start it with a longer auth.token_ttl_secs (e.g. GOCHAT_AUTH__TOKEN_TTL_SECS=86400)"
+        );
+    }
     cache.users = by_name.into_values().collect();
     cache.users.sort_by(|a, b| a.username.cmp(&b.username));
     let tmp = path.with_extension("tmp");

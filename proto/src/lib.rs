@@ -78,6 +78,7 @@ mod tests {
         let push = bus::Push {
             recipients: vec![bus::Recipient { conn_id: 7, user_id: 42 }],
             frame: bytes::Bytes::from_static(br#"{"type":"pong"}"#),
+            close: None,
         };
         let env = bus::KafkaMessage::wrap(kind::PUSH, "t1".into(), push.clone());
         let bytes = env.encode_to_vec();

@@ -25,7 +25,33 @@ struct Claims {
     iss: String,
     iat: u64,
     exp: u64,
+    /// The user's token version when the token was issued; a logout of all
+    /// sessions bumps the version and so revokes every older token. Absent
+    /// in tokens issued before versions existed (= 0).
+    #[serde(default)]
+    ver: u64,
 }
+
+/// What a valid token says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    pub user_id: u64,
+    /// The user's token version at issue time (see [`JwtKeys::issue`]).
+    pub version: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// Reason of the policy close (1008) of a WebSocket whose access token expired.
+pub const CLOSE_TOKEN_EXPIRED: &str = "token expired";
+/// Reason of the policy close (1008) of a WebSocket whose sessions were
+/// revoked (logout of all sessions, or a token of an older version).
+pub const CLOSE_SESSION_REVOKED: &str = "session revoked";
+/// Reason of the policy close (1008) of a user's oldest WebSocket when a
+/// connection beyond `auth.max_connections_per_user` opened.
+pub const CLOSE_CONNECTION_LIMIT: &str = "connection limit reached";
+/// Every reason logic may ask a gateway to close a connection with.
+pub const KICK_REASONS: [&str; 2] = [CLOSE_SESSION_REVOKED, CLOSE_CONNECTION_LIMIT];
 
 /// Signs and verifies tokens with one shared secret.
 #[derive(Clone)]
@@ -67,10 +93,16 @@ impl JwtKeys {
         })
     }
 
-    pub fn issue(&self, user_id: u64) -> IssuedToken {
+    /// Access-token lifetime, seconds.
+    pub fn ttl_secs(&self) -> u64 {
+        self.ttl_secs
+    }
+
+    /// A token for `user_id` carrying the user's current token `version`.
+    pub fn issue(&self, user_id: u64, version: u64) -> IssuedToken {
         let now = (crate::now_ms() / 1000) as u64;
         let exp = now + self.ttl_secs;
-        let claims = Claims { sub: user_id.to_string(), iss: ISSUER.into(), iat: now, exp };
+        let claims = Claims { sub: user_id.to_string(), iss: ISSUER.into(), iat: now, exp, ver: version };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("hs256 signing cannot fail");
         IssuedToken { token, expires_at: exp as i64 * 1000 }
@@ -78,6 +110,11 @@ impl JwtKeys {
 
     /// The user id inside a valid, unexpired token.
     pub fn verify(&self, token: &str) -> Result<u64, AuthError> {
+        self.verify_claims(token).map(|v| v.user_id)
+    }
+
+    /// User id, token version and expiry of a valid, unexpired token.
+    pub fn verify_claims(&self, token: &str) -> Result<Verified, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -86,7 +123,8 @@ impl JwtKeys {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid,
             })?;
-        data.claims.sub.parse().map_err(|_| AuthError::Invalid)
+        let user_id = data.claims.sub.parse().map_err(|_| AuthError::Invalid)?;
+        Ok(Verified { user_id, version: data.claims.ver, expires_at: data.claims.exp })
     }
 
     /// Extract the token from an `Authorization: Bearer` value.
@@ -105,15 +143,17 @@ mod tests {
     #[test]
     fn issue_then_verify() {
         let keys = JwtKeys::new(SECRET, 3600).unwrap();
-        let t = keys.issue(1234567890123);
+        let t = keys.issue(1234567890123, 4);
         assert_eq!(keys.verify(&t.token), Ok(1234567890123));
+        let v = keys.verify_claims(&t.token).unwrap();
+        assert_eq!((v.user_id, v.version, v.expires_at as i64 * 1000), (1234567890123, 4, t.expires_at));
         assert!(t.expires_at > crate::now_ms());
     }
 
     #[test]
     fn rejects_tampered_foreign_and_expired_tokens() {
         let keys = JwtKeys::new(SECRET, 3600).unwrap();
-        let t = keys.issue(7).token;
+        let t = keys.issue(7, 0).token;
         let mut tampered = t.clone().into_bytes();
         let i = tampered.len() - 3;
         tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
@@ -126,7 +166,7 @@ mod tests {
 
         // exp in the past beyond leeway
         let past = (crate::now_ms() / 1000) as u64 - 120;
-        let claims = Claims { sub: "7".into(), iss: ISSUER.into(), iat: past - 10, exp: past };
+        let claims = Claims { sub: "7".into(), iss: ISSUER.into(), iat: past - 10, exp: past, ver: 0 };
         let old =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET)).unwrap();
         assert_eq!(keys.verify(&old), Err(AuthError::Expired));

@@ -76,6 +76,10 @@ pub struct GatewayConfig {
     /// nothing). Over it the socket gets 429 `too_many_connections` and is
     /// closed. 0 disables.
     pub max_connections_per_ip: usize,
+    /// Period of each shard's sweep, which closes idle connections and
+    /// connections whose access token expired (1008 "token expired"); 0 =
+    /// idle_timeout_secs / 4, within 1..=30 (30 without an idle timeout).
+    pub sweep_interval_secs: u64,
     /// A write that cannot make progress for this long drops the connection
     /// (a peer that stopped reading entirely).
     pub write_timeout_ms: u64,
@@ -200,8 +204,13 @@ pub struct AuthConfig {
     /// HS256 secret (>= 32 bytes). Empty in `dev`: one is generated and kept
     /// in `{data_dir}/jwt.secret`.
     pub jwt_secret: String,
-    /// Token lifetime.
+    /// Access-token (JWT) lifetime. Short: a client renews it with its
+    /// refresh token (`POST /api/v1/auth/refresh`) and hands the new one to
+    /// an open WebSocket in an `auth` frame; a socket whose token expires is
+    /// closed (1008 "token expired").
     pub token_ttl_secs: u64,
+    /// Refresh-token lifetime (each rotation starts a new one).
+    pub refresh_ttl_secs: u64,
     /// Argon2id memory cost of new password hashes, KiB (OWASP: 19456).
     /// Existing hashes keep the cost they were made with.
     pub argon2_memory_kib: u32,
@@ -250,6 +259,10 @@ pub struct LogicConfig {
     pub group_fanout_threshold: usize,
     /// Most members a group may have.
     pub max_group_members: usize,
+    /// Live WebSocket connections one user may hold, over all gateways
+    /// (counted in the session store); a connection beyond it closes the
+    /// user's oldest one (1008 "connection limit reached"). 0 = no limit.
+    pub max_connections_per_user: usize,
     /// How long a group's member list stays cached in the fast store
     /// (invalidated on every membership change; the TTL bounds a lost race).
     pub member_cache_ttl_secs: u64,
@@ -363,6 +376,7 @@ impl Default for GatewayConfig {
             idle_timeout_secs: 300,
             frame_timeout_secs: 30,
             max_connections_per_ip: 10_000,
+            sweep_interval_secs: 0,
             write_timeout_ms: 10_000,
             ring_depth: 4096,
             push_queue_records: 65_536,
@@ -378,7 +392,8 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             jwt_secret: String::new(),
-            token_ttl_secs: 7 * 24 * 3600,
+            token_ttl_secs: 15 * 60,
+            refresh_ttl_secs: 30 * 24 * 3600,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             max_concurrent_hashes: 0,
@@ -403,6 +418,7 @@ impl Default for LogicConfig {
             http_listen: "127.0.0.1:8081".parse().expect("static addr"),
             group_fanout_threshold: 500,
             max_group_members: 100_000,
+            max_connections_per_user: 16,
             member_cache_ttl_secs: 600,
         }
     }
@@ -449,6 +465,26 @@ impl Default for StorageConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self { format: LogFormat::Auto, filter: "info".into() }
+    }
+}
+
+/// A secret holding this (in any case) is a placeholder copied from an
+/// example and is refused at startup.
+pub const PLACEHOLDER: &str = "CHANGE-ME";
+/// What [`Config::redacted`] shows instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// `url` with the password of its userinfo (`scheme://user:password@host`)
+/// replaced by `***`; anything else unchanged.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let authority_end = url[scheme_end..].find(['/', '?', '#']).map_or(url.len(), |i| scheme_end + i);
+    let Some(at) = url[scheme_end..authority_end].rfind('@').map(|i| scheme_end + i) else { return url.to_owned() };
+    match url[scheme_end..at].find(':') {
+        Some(colon) => format!("{}:***{}", &url[..scheme_end + colon], &url[at..]),
+        // `redis://secret@host`: a lone userinfo is the password.
+        None if url.starts_with("redis") => format!("{}***{}", &url[..scheme_end], &url[at..]),
+        None => url.to_owned(),
     }
 }
 
@@ -517,12 +553,51 @@ impl Config {
         if !matches!(self.storage.sqlite_synchronous.as_str(), "normal" | "full") {
             return bad("storage.sqlite_synchronous must be \"normal\" or \"full\"");
         }
+        for (name, value) in self.secrets() {
+            if value.to_ascii_uppercase().contains(PLACEHOLDER) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} holds a placeholder (\"{PLACEHOLDER}\"): set a real secret (e.g. GOCHAT_AUTH__JWT_SECRET for auth.jwt_secret)"
+                )));
+            }
+        }
         if !self.gateway.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             || self.gateway.id.is_empty()
         {
             return bad("gateway.id must be non-empty [A-Za-z0-9_-]");
         }
         Ok(())
+    }
+
+    /// Every secret of the configuration (whole values: URLs are checked
+    /// whole, their password included), by key.
+    fn secrets(&self) -> [(&'static str, &str); 4] {
+        [
+            ("auth.jwt_secret", &self.auth.jwt_secret),
+            ("task.push_webhook_secret", &self.task.push_webhook_secret),
+            ("storage.database_url", &self.storage.database_url),
+            ("redis.url", &self.redis.url),
+        ]
+    }
+
+    /// The configuration with its secrets masked, for `gochat print-config`
+    /// and logs: secrets become [`REDACTED`] (empty ones stay empty, so the
+    /// output still tells whether one is set) and URLs lose their password.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        let mask = |s: &mut String| {
+            if !s.is_empty() {
+                *s = REDACTED.into();
+            }
+        };
+        mask(&mut c.auth.jwt_secret);
+        mask(&mut c.task.push_webhook_secret);
+        c.storage.database_url = redact_url(&c.storage.database_url);
+        c.redis.url = redact_url(&c.redis.url);
+        c.task.push_webhook_url = redact_url(&c.task.push_webhook_url);
+        c.moderation.webhook_url = redact_url(&c.moderation.webhook_url);
+        c.gateway.api_upstream = redact_url(&c.gateway.api_upstream);
+        c.repo.endpoint = redact_url(&c.repo.endpoint);
+        c
     }
 
     /// Shards to run: the configured count, or one per available core.
@@ -568,5 +643,34 @@ mod tests {
         std::fs::write(&file, "worker_id = 5000\n").unwrap();
         assert!(matches!(Config::load(Some(&file)), Err(ConfigError::Invalid(_))));
         assert!(matches!(Config::load(Some(&dir.join("missing.toml"))), Err(ConfigError::MissingFile(_))));
+    }
+
+    #[test]
+    fn placeholder_secrets_are_refused() {
+        let mut cfg = Config::default();
+        cfg.validate().unwrap();
+        cfg.auth.jwt_secret = "change-me-to-a-real-secret-of-32-bytes".into();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("auth.jwt_secret") && e.contains("placeholder"), "{e}");
+        cfg.auth.jwt_secret.clear();
+        cfg.storage.database_url = "mysql://gochat:CHANGE-ME@db/gochat".into();
+        assert!(cfg.validate().unwrap_err().to_string().contains("storage.database_url"));
+    }
+
+    #[test]
+    fn redaction_masks_secrets_and_url_passwords() {
+        assert_eq!(redact_url("mysql://u:pw@h:3306/db?x=@"), "mysql://u:***@h:3306/db?x=@");
+        assert_eq!(redact_url("redis://:pw@h:6379"), "redis://:***@h:6379");
+        assert_eq!(redact_url("redis://pw@h"), "redis://***@h");
+        assert_eq!(redact_url("mysql://root@h/db"), "mysql://root@h/db");
+        assert_eq!(redact_url("http://h/a@b"), "http://h/a@b");
+        assert_eq!(redact_url("sqlite://./data/x.db"), "sqlite://./data/x.db");
+        let mut cfg = Config::default();
+        cfg.auth.jwt_secret = "s".repeat(40);
+        cfg.storage.database_url = "mysql://u:pw@h/db".into();
+        let r = cfg.redacted();
+        assert_eq!(r.auth.jwt_secret, REDACTED);
+        assert_eq!(r.task.push_webhook_secret, "");
+        assert_eq!(r.storage.database_url, "mysql://u:***@h/db");
     }
 }

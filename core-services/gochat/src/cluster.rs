@@ -231,6 +231,7 @@ pub fn run_gateway(cfg: Config) -> anyhow::Result<()> {
                 user_id: 0,
                 conn: Some(ConnRef { gateway_id: cfg.gateway.id.clone(), shard: 0, conn_id: boot }),
                 at_ms: gochat_common::now_ms(),
+                token_version: 0,
             };
             let env = KafkaMessage::wrap(kind::SESSION, String::new(), ev);
             let producer = kafka.producer::<TokioRuntime>(&format!("{}-admin", cfg.gateway.id))?;
@@ -334,7 +335,14 @@ pub fn run_logic(cfg: Config) -> anyhow::Result<()> {
         let (stats, upstream) = (group_ctx.stats(), topics.upstream());
         let extra_metrics: Option<gochat_logic::api::MetricsRenderer> =
             Some(Arc::new(move |enc| stats.render(enc, &upstream)));
-        let app = router(ApiState { logic, jwt, hasher, login_throttle, extra_metrics });
+        let app = router(ApiState {
+            logic,
+            jwt,
+            refresh_ttl_secs: cfg.auth.refresh_ttl_secs,
+            hasher,
+            login_throttle,
+            extra_metrics,
+        });
         let (http_addr, http) = serve_http(cfg.logic.http_listen, app, shutdown_rx.clone()).await?;
         info!(http = %http_addr, group, "gochat ready");
         wait_for_signal().await;

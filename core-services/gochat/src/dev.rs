@@ -132,6 +132,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let state = ApiState {
             logic,
             jwt: jwt.clone(),
+            refresh_ttl_secs: cfg.auth.refresh_ttl_secs,
             hasher,
             login_throttle,
             extra_metrics: Some(Arc::new(move |enc| task_metrics.render(enc))),

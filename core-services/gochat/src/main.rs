@@ -47,7 +47,8 @@ enum Command {
     Repo,
     /// Create the database if needed and apply its migrations (SQLite or MySQL).
     Migrate(MigrateArgs),
-    /// Print the effective configuration (defaults + file + environment) as TOML.
+    /// Print the effective configuration (defaults + file + environment) as
+    /// TOML, secrets redacted.
     PrintConfig,
 }
 
@@ -103,14 +104,6 @@ fn apply_role_args(cfg: &mut Config, args: RoleArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A database URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
-        _ => url.to_owned(),
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut cfg = load_config(&cli)?;
@@ -160,12 +153,13 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(async {
                 let url = cluster::migrate(&cfg).await?;
-                tracing::info!(database = %redact(&url), "migrations applied");
+                tracing::info!(database = %gochat_common::config::redact_url(&url), "migrations applied");
                 anyhow::Ok(())
             })
         }
         Command::PrintConfig => {
-            print!("{}", toml::to_string_pretty(&cfg)?);
+            // Secrets masked: this output ends up in tickets and chat logs.
+            print!("{}", toml::to_string_pretty(&cfg.redacted())?);
             Ok(())
         }
     }

@@ -1145,3 +1145,66 @@ async fn privacy_rules_hold_through_the_repo_service() {
     support::privacy::presence_scenario(g, "cp").await;
     support::privacy::history_from_join_scenario(g, "ch").await;
 }
+
+/// A cluster of 1 logic process and 2 gateways, with `extra` settings.
+fn token_cluster(name: &str, extra: &[(&str, &str)]) -> Cluster {
+    let mut c = Cluster::start(name, 0, 0);
+    c.env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    c.start_logic_on(0);
+    c.start_gateway(0);
+    c.start_gateway(1);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_all_closes_sockets_on_every_gateway_and_revokes_old_tokens() {
+    use support::tokens::*;
+    let c = token_cluster("tokout", &[]);
+    let (g0, g1) = (&c.gateways[0], &c.gateways[1]);
+    let uid = g0.register("lena").await;
+    let a = login_pair(g0, "lena").await;
+    let b = login_pair(g1, "lena").await;
+    let (ta, tb) = (a["token"].as_str().unwrap(), b["token"].as_str().unwrap());
+    let mut w0 = g0.connect(ta).await;
+    let mut w1 = g1.connect(tb).await;
+    g0.wait_online(ta, &uid, 2).await;
+
+    let (status, _) = post(g1, "/api/v1/auth/logout", Some(tb), json!({"all": true})).await;
+    assert_eq!(status, 204);
+    for w in [&mut w0, &mut w1] {
+        assert_eq!(close_of(w, Duration::from_secs(15)).await, (1008, "session revoked".to_owned()));
+    }
+    for (g, t) in [(g0, ta), (g1, tb)] {
+        let (status, e) = g.get("/api/v1/users/me", t).await;
+        assert_eq!((status, code(&e)), (401, "token_revoked"), "{e}");
+    }
+    // An old token that passes a gateway's signature check is closed by logic.
+    let mut late = g1.connect(ta).await;
+    assert_eq!(close_of(&mut late, Duration::from_secs(15)).await, (1008, "session revoked".to_owned()));
+    let fresh = login_pair(g0, "lena").await;
+    let t = fresh["token"].as_str().unwrap();
+    let mut w = g1.connect(t).await;
+    g0.wait_online(t, &uid, 1).await;
+    assert!(answers_ping(&mut w).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_connection_cap_counts_connections_on_every_gateway() {
+    use support::tokens::*;
+    let c = token_cluster("tokcap", &[("GOCHAT_LOGIC__MAX_CONNECTIONS_PER_USER", "3")]);
+    let (g0, g1) = (&c.gateways[0], &c.gateways[1]);
+    let (uid, token) = g0.user("cappy").await;
+    let mut first = g0.connect(&token).await;
+    g0.wait_online(&token, &uid, 1).await;
+    let mut second = g1.connect(&token).await;
+    g0.wait_online(&token, &uid, 2).await;
+    let mut third = g0.connect(&token).await;
+    g0.wait_online(&token, &uid, 3).await;
+    // The 4th, on the other gateway: the oldest (on gw0) is closed.
+    let mut fourth = g1.connect(&token).await;
+    assert_eq!(close_of(&mut first, Duration::from_secs(15)).await, (1008, "connection limit reached".to_owned()));
+    g1.wait_online(&token, &uid, 3).await;
+    for w in [&mut second, &mut third, &mut fourth] {
+        assert!(answers_ping(w).await, "the 3 newest stay open");
+    }
+}

@@ -245,7 +245,8 @@ async fn rest_errors_are_json_with_codes() {
 #[tokio::test]
 async fn connections_spread_over_shards() {
     let dir = temp_dir("shards");
-    let srv = Server::start(&dir, 2);
+    // 24 sockets of one account: above the default per-user cap (16).
+    let srv = Server::start_with(&dir, 2, &[("GOCHAT_LOGIC__MAX_CONNECTIONS_PER_USER", "0")]);
     let (_, tok) = srv.user("erin").await;
     let mut conns = Vec::new();
     for _ in 0..24 {
@@ -334,7 +335,9 @@ async fn running_out_of_file_descriptors_never_crashes_the_gateway() {
     let dir = temp_dir("emfile");
     // A cap far above what 256 descriptors allow: accept() itself hits EMFILE.
     let args = ["dev", "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir", dir.to_str().unwrap()];
-    let (child, ready) = spawn_ready_with_nofile(&args, &[("GOCHAT_GATEWAY__MAX_CONNECTIONS", "5000")], Some(256));
+    // Hundreds of sockets of one account: no per-user cap.
+    let env = [("GOCHAT_GATEWAY__MAX_CONNECTIONS", "5000"), ("GOCHAT_LOGIC__MAX_CONNECTIONS_PER_USER", "0")];
+    let (child, ready) = spawn_ready_with_nofile(&args, &env, Some(256));
     let srv = Server::attach_gateway(child, &ready);
     assert_eq!(ready["shards"], 1);
     let (_, tok) = srv.user("fdhog").await;

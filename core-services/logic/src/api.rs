@@ -4,7 +4,7 @@
 
 use crate::frames::MessageView;
 use crate::logic::LogicError;
-use crate::{groups_api, password, privacy, Access, Logic};
+use crate::{auth_api, groups_api, password, privacy, Access, Logic};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{header, request::Parts, StatusCode};
@@ -28,6 +28,8 @@ pub type MetricsRenderer = Arc<dyn Fn(&mut TextEncoder) + Send + Sync>;
 pub struct ApiState {
     pub logic: Arc<Logic>,
     pub jwt: JwtKeys,
+    /// Refresh-token lifetime (`auth.refresh_ttl_secs`).
+    pub refresh_ttl_secs: u64,
     /// Password hashing with a bounded number of concurrent runs.
     pub hasher: password::Hasher,
     /// Failed logins per username (`auth.login_failures_max`).
@@ -142,14 +144,7 @@ pub struct AuthUser(pub u64);
 impl FromRequestParts<ApiState> for AuthUser {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
-        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| unauthorized("missing bearer token"))?;
-        let token = JwtKeys::bearer(value).ok_or_else(|| unauthorized("expected Authorization: Bearer <token>"))?;
-        state.jwt.verify(token).map(AuthUser).map_err(|e| unauthorized(&e.to_string()))
+        auth_api::bearer_user(state, &parts.headers).await.map(AuthUser)
     }
 }
 
@@ -157,6 +152,8 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/auth/register", post(register))
         .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/auth/refresh", post(auth_api::refresh))
+        .route("/api/v1/auth/logout", post(auth_api::logout))
         .route("/api/v1/users/me", get(me))
         .route("/api/v1/users/{uid}/presence", get(privacy::presence))
         .route("/api/v1/conversations/{cid}/messages", get(history))
@@ -215,11 +212,11 @@ async fn register(State(st): State<ApiState>, ApiJson(body): ApiJson<RegisterBod
         Err(e) => return Err(e.into()),
     }
     info!(user_id = user.id, "user registered");
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"user_id": user.id.to_string(), "username": user.username, "nickname": user.nickname})),
-    )
-        .into_response())
+    // Signed in at once: the same token fields as login.
+    let mut body = auth_api::start_session(&st, user.id).await?;
+    body["username"] = json!(user.username);
+    body["nickname"] = json!(user.nickname);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -241,8 +238,7 @@ async fn login(State(st): State<ApiState>, ApiJson(body): ApiJson<LoginBody>) ->
     match user {
         Some(u) if ok => {
             st.login_throttle.succeeded(&body.username);
-            let t = st.jwt.issue(u.id);
-            Ok(Json(json!({"token": t.token, "user_id": u.id.to_string(), "expires_at": t.expires_at})).into_response())
+            Ok(Json(auth_api::start_session(&st, u.id).await?).into_response())
         }
         _ => {
             st.login_throttle.failed(&body.username);

@@ -12,6 +12,7 @@
 //! [`SessionStore`]: session::SessionStore
 
 pub mod api;
+pub mod auth_api;
 pub mod fanout;
 pub mod frames;
 pub mod groups_api;
@@ -21,5 +22,6 @@ pub mod password;
 pub mod privacy;
 pub mod redis_store;
 pub mod session;
+pub mod tokens;
 
 pub use logic::{Access, Logic, LogicDeps, LogicMetrics};

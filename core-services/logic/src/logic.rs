@@ -70,11 +70,13 @@ pub struct LogicMetrics {
     pub replayed_pushes: Counter,
     pub revoked_records: Counter,
     pub dead_lettered: Counter,
+    pub revoked_connects: Counter,
+    pub connection_cap_closes: Counter,
 }
 
 impl LogicMetrics {
     pub fn render(&self, enc: &mut TextEncoder) {
-        let rows: [(&str, &str, &Counter); 21] = [
+        let rows: [(&str, &str, &Counter); 23] = [
             ("gochat_logic_records_total", "bus records consumed from im.upstream", &self.records),
             ("gochat_logic_corrupt_records_total", "records that could not be decoded", &self.corrupt_records),
             ("gochat_logic_sends_total", "send-message records processed", &self.sends),
@@ -111,6 +113,16 @@ impl LogicMetrics {
                 "gochat_logic_dead_lettered_total",
                 "records dead-lettered after their retries (not undecodable ones)",
                 &self.dead_lettered,
+            ),
+            (
+                "gochat_logic_revoked_connects_total",
+                "connections closed at connect: their token's version was revoked",
+                &self.revoked_connects,
+            ),
+            (
+                "gochat_logic_connection_cap_closes_total",
+                "oldest connections closed for logic.max_connections_per_user",
+                &self.connection_cap_closes,
             ),
         ];
         for (name, help, c) in rows {
@@ -176,6 +188,11 @@ impl Logic {
             topics: d.topics,
             known_users: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Where pushes (`im.push.{gateway}`) are produced.
+    pub(crate) fn push_producer(&self) -> &Arc<dyn Producer> {
+        &self.producer
     }
 
     pub fn topics(&self) -> &Topics {
@@ -325,7 +342,12 @@ impl Logic {
         let Some(conn) = ev.conn.as_ref() else { return Ok(()) };
         let session = session_of(conn);
         match session_event::Kind::try_from(ev.kind) {
-            Ok(session_event::Kind::Connect) => self.sessions.add_session(ev.user_id, session).await?,
+            Ok(session_event::Kind::Connect) => {
+                // Registered first, then checked: a concurrent logout of all
+                // sessions either sees this session or is seen by the check.
+                self.sessions.add_session(ev.user_id, session.clone()).await?;
+                self.on_connect(ev.user_id, &session, ev.token_version).await?;
+            }
             Ok(session_event::Kind::Disconnect) => self.sessions.remove_session(ev.user_id, &session).await?,
             Ok(session_event::Kind::GatewayReset) => {
                 let purged = self.sessions.purge_gateway(&conn.gateway_id, conn.conn_id).await?;
@@ -359,7 +381,7 @@ impl Logic {
     pub async fn deliver(&self, out: Vec<Outbound>) {
         let mut topics: HashMap<Arc<str>, String> = HashMap::new();
         for o in out {
-            let push = bus::Push { recipients: o.recipients, frame: o.frame };
+            let push = bus::Push { recipients: o.recipients, frame: o.frame, close: None };
             let env = KafkaMessage::wrap(kind::PUSH, String::new(), push);
             let topic = topics.entry(o.gateway_id.clone()).or_insert_with(|| self.topics.push(&o.gateway_id)).as_str();
             let payload: Bytes = env.encode_to_vec().into();

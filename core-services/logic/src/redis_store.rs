@@ -7,7 +7,9 @@
 //!   reverse index that lets [`SessionStore::purge_gateway`] drop a restarted
 //!   gateway's sessions; kept in step with the hashes by MULTI/EXEC;
 //! - `msg_dedup:{uid}:{client_msg_id}`: `"{msg_id}|{seq}|{ts}|{conversation_id}"`,
-//!   with a TTL.
+//!   with a TTL;
+//! - `token_version:{uid}`: the user's token version (a cache of the
+//!   database's `user_token_versions`), with a TTL.
 //!
 //! One [`ConnectionManager`] (a multiplexed connection that reconnects by
 //! itself) carries every request; every request is idempotent and retried
@@ -391,6 +393,30 @@ impl SessionStore for RedisSessionStore {
         cmd.arg(self.claim_key(key));
         let n: u64 = self.idempotent("is_claimed", &cmd).await?;
         Ok(n > 0)
+    }
+
+    async fn cached_token_version(&self, user_id: u64) -> Result<Option<u64>, SessionStoreError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(format!("{}token_version:{user_id}", self.prefix));
+        let raw: Option<String> = self.idempotent("cached_token_version", &cmd).await?;
+        Ok(raw.and_then(|r| r.parse().ok()))
+    }
+
+    async fn cache_token_version(
+        &self,
+        user_id: u64,
+        version: u64,
+        ttl: Duration,
+        overwrite: bool,
+    ) -> Result<(), SessionStoreError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("{}token_version:{user_id}", self.prefix)).arg(version).arg("PX").arg(ttl_ms);
+        if !overwrite {
+            cmd.arg("NX");
+        }
+        let _: Option<String> = self.idempotent("cache_token_version", &cmd).await?;
+        Ok(())
     }
 }
 

@@ -87,6 +87,20 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn claim(&self, key: &str, ttl: Duration) -> Result<bool, SessionStoreError>;
     /// Whether `key` is claimed (for steps marked done only after they succeed).
     async fn is_claimed(&self, key: &str) -> Result<bool, SessionStoreError>;
+
+    /// A user's cached token version (`token_version:{uid}`), None on a miss.
+    /// The database is the truth (see [`crate::tokens`]).
+    async fn cached_token_version(&self, user_id: u64) -> Result<Option<u64>, SessionStoreError>;
+    /// Cache a user's token version for `ttl`. A reader filling a miss sets
+    /// it only when absent (`overwrite` false), so it never replaces the
+    /// newer value a concurrent logout of all sessions wrote (`overwrite` true).
+    async fn cache_token_version(
+        &self,
+        user_id: u64,
+        version: u64,
+        ttl: Duration,
+        overwrite: bool,
+    ) -> Result<(), SessionStoreError>;
 }
 
 /// In-process store for `gochat dev`. Bounded: the dedup cache keeps at most
@@ -97,6 +111,7 @@ pub struct MemorySessionStore {
     dedup: Mutex<DedupCache>,
     members: Mutex<HashMap<u64, CachedMembers>>,
     claims: Mutex<HashMap<String, Instant>>,
+    token_versions: Mutex<HashMap<u64, (u64, Instant)>>,
 }
 
 /// A cached member list and when it expires.
@@ -122,6 +137,7 @@ impl MemorySessionStore {
             }),
             members: Mutex::new(HashMap::new()),
             claims: Mutex::new(HashMap::new()),
+            token_versions: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -241,6 +257,30 @@ impl SessionStore for MemorySessionStore {
     async fn is_claimed(&self, key: &str) -> Result<bool, SessionStoreError> {
         let claims = self.claims.lock().expect("claims lock");
         Ok(claims.get(key).is_some_and(|exp| *exp > Instant::now()))
+    }
+
+    async fn cached_token_version(&self, user_id: u64) -> Result<Option<u64>, SessionStoreError> {
+        let map = self.token_versions.lock().expect("token versions lock");
+        Ok(map.get(&user_id).filter(|(_, exp)| *exp > Instant::now()).map(|(v, _)| *v))
+    }
+
+    async fn cache_token_version(
+        &self,
+        user_id: u64,
+        version: u64,
+        ttl: Duration,
+        overwrite: bool,
+    ) -> Result<(), SessionStoreError> {
+        let mut map = self.token_versions.lock().expect("token versions lock");
+        let now = Instant::now();
+        if map.len() >= SWEEP_EXPIRED_AT {
+            map.retain(|_, (_, exp)| *exp > now);
+        }
+        let live = map.get(&user_id).is_some_and(|(_, exp)| *exp > now);
+        if overwrite || !live {
+            map.insert(user_id, (version, now + ttl));
+        }
+        Ok(())
     }
 }
 
@@ -365,6 +405,20 @@ pub(crate) mod conformance {
         assert!(!st.claim("t1:gw0/0", Duration::from_secs(60)).await.unwrap());
     }
 
+    pub(crate) async fn token_version_cache_never_goes_back(st: &dyn SessionStore) {
+        let ttl = Duration::from_secs(60);
+        assert_eq!(st.cached_token_version(7).await.unwrap(), None);
+        st.cache_token_version(7, 0, ttl, false).await.unwrap();
+        assert_eq!(st.cached_token_version(7).await.unwrap(), Some(0));
+        // A logout of all sessions overwrites; a late reader's fill does not.
+        st.cache_token_version(7, 3, ttl, true).await.unwrap();
+        st.cache_token_version(7, 2, ttl, false).await.unwrap();
+        assert_eq!(st.cached_token_version(7).await.unwrap(), Some(3));
+        st.cache_token_version(8, 1, Duration::from_millis(200), false).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(st.cached_token_version(8).await.unwrap(), None);
+    }
+
     /// Instantiates every check above as a `#[tokio::test]` for one store:
     /// `conformance_tests!(expression making a fresh store, async fn cleaning it up)`.
     macro_rules! conformance_tests {
@@ -375,7 +429,8 @@ pub(crate) mod conformance {
                 dedup_many_at_once,
                 purge_gateway_removes_only_that_gateway,
                 member_cache_is_cache_aside,
-                claims_are_first_come_with_expiry);
+                claims_are_first_come_with_expiry,
+                token_version_cache_never_goes_back);
         };
         (@each $make:expr, $cleanup:path; $($name:ident),+) => {
             $(

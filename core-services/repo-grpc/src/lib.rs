@@ -29,6 +29,8 @@ pub mod pb {
 
 use pb::repo_server::{Repo, RepoServer};
 
+mod tokens;
+
 /// Largest request or response either side accepts or sends (large
 /// `append_messages` batches and `messages_after` pages; a 20,000-member
 /// group list is well under 1 MiB).
@@ -98,7 +100,7 @@ pub async fn serve(
     Ok(())
 }
 
-fn required<T>(v: Option<T>, field: &str) -> Result<T, Status> {
+pub(crate) fn required<T>(v: Option<T>, field: &str) -> Result<T, Status> {
     v.ok_or_else(|| Status::invalid_argument(format!("missing field {field}")))
 }
 
@@ -265,6 +267,41 @@ impl Repo for RepoService {
         Ok(Response::new(pb::SetGroupMemberRoleResponse { updated }))
     }
 
+    async fn create_refresh_token(
+        &self,
+        req: Request<pb::CreateRefreshTokenRequest>,
+    ) -> Result<Response<pb::CreateRefreshTokenResponse>, Status> {
+        tokens::create_refresh_token(&*self.store, req).await
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        req: Request<pb::RotateRefreshTokenRequest>,
+    ) -> Result<Response<pb::RotateRefreshTokenResponse>, Status> {
+        tokens::rotate_refresh_token(&*self.store, req).await
+    }
+
+    async fn revoke_refresh_family(
+        &self,
+        req: Request<pb::RevokeRefreshFamilyRequest>,
+    ) -> Result<Response<pb::RevokeRefreshFamilyResponse>, Status> {
+        tokens::revoke_refresh_family(&*self.store, req).await
+    }
+
+    async fn revoke_all_sessions(
+        &self,
+        req: Request<pb::RevokeAllSessionsRequest>,
+    ) -> Result<Response<pb::TokenVersionResponse>, Status> {
+        tokens::revoke_all_sessions(&*self.store, req).await
+    }
+
+    async fn token_version(
+        &self,
+        req: Request<pb::TokenVersionRequest>,
+    ) -> Result<Response<pb::TokenVersionResponse>, Status> {
+        tokens::token_version(&*self.store, req).await
+    }
+
     async fn delete_group(
         &self,
         req: Request<pb::DeleteGroupRequest>,
@@ -296,7 +333,7 @@ impl Repo for RepoService {
 }
 
 /// A store error as the status the client maps back (see the proto).
-fn to_status(rpc: &'static str, e: RepoError) -> Status {
+pub(crate) fn to_status(rpc: &'static str, e: RepoError) -> Status {
     let (code, reason) = match &e {
         RepoError::UsernameTaken => (Code::AlreadyExists, REASON_USERNAME_TAKEN),
         RepoError::Conflict => (Code::Aborted, REASON_CONFLICT),
@@ -366,7 +403,7 @@ impl RepoClient {
         Self { inner }
     }
 
-    fn client(&self) -> pb::repo_client::RepoClient<Channel> {
+    pub(crate) fn client(&self) -> pb::repo_client::RepoClient<Channel> {
         self.inner.clone()
     }
 }
@@ -526,7 +563,7 @@ fn error_reason(status: &Status) -> Option<String> {
 }
 
 /// A status back into the [`RepoError`] the server's store returned.
-fn from_status(status: Status) -> RepoError {
+pub(crate) fn from_status(status: Status) -> RepoError {
     match (status.code(), error_reason(&status).as_deref()) {
         (Code::AlreadyExists, Some(REASON_USERNAME_TAKEN)) => RepoError::UsernameTaken,
         (Code::Aborted, Some(REASON_CONFLICT)) => RepoError::Conflict,

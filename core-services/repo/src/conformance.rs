@@ -45,6 +45,9 @@ macro_rules! store_conformance {
             shares_conversation_through_a_1to1_message_or_a_group,
             group_read_floor_is_the_join_seq,
             group_read_floor_with_history_visible_and_big_ids,
+            refresh_rotation_and_reuse_revokes_the_family,
+            refresh_expired_unknown_and_concurrent_rotation,
+            revoke_family_and_all_sessions_bump_the_version,
         );
     };
     (@cases $run:path; $($case:ident),* $(,)?) => {
@@ -670,4 +673,96 @@ pub async fn group_read_floor_with_history_visible_and_big_ids(s: &dyn Store) {
     assert_eq!(s.add_group_members(closed_gid, &[member(late, GroupRole::Member)]).await.unwrap(), vec![late]);
     assert_eq!(s.group_read_floor(closed_gid, late).await.unwrap(), Some(3));
     assert_eq!(s.group_read_floor(closed_gid, owner).await.unwrap(), Some(0));
+}
+
+// tokens
+
+fn refresh(hash: &str, user_id: u64, family_id: u64, expires_at: i64) -> crate::RefreshToken {
+    crate::RefreshToken { token_hash: hash.repeat(64 / hash.len()), user_id, family_id, created_at: 1_000, expires_at }
+}
+
+fn h(s: &str) -> String {
+    s.repeat(64 / s.len())
+}
+
+pub async fn refresh_rotation_and_reuse_revokes_the_family(s: &dyn Store) {
+    use crate::Rotation;
+    let big = u64::MAX - 3;
+    s.create_refresh_token(&refresh("a", big, big - 1, 10_000)).await.unwrap();
+    s.create_refresh_token(&refresh("z", 5, 6, 10_000)).await.unwrap();
+    assert_eq!(
+        s.rotate_refresh_token(&h("a"), &h("b"), 20_000, 2_000).await.unwrap(),
+        Rotation::Rotated { user_id: big, family_id: big - 1 }
+    );
+    assert_eq!(
+        s.rotate_refresh_token(&h("b"), &h("c"), 30_000, 3_000).await.unwrap(),
+        Rotation::Rotated { user_id: big, family_id: big - 1 }
+    );
+    // "a" again: reuse; the family (a, b, c) is revoked, c included.
+    assert_eq!(
+        s.rotate_refresh_token(&h("a"), &h("d"), 30_000, 4_000).await.unwrap(),
+        Rotation::Reused { user_id: big, family_id: big - 1 }
+    );
+    assert_eq!(
+        s.rotate_refresh_token(&h("c"), &h("e"), 30_000, 4_000).await.unwrap(),
+        Rotation::Revoked { user_id: big }
+    );
+    assert_eq!(s.rotate_refresh_token(&h("d"), &h("f"), 30_000, 4_000).await.unwrap(), Rotation::Unknown);
+    // Another family is untouched.
+    assert_eq!(
+        s.rotate_refresh_token(&h("z"), &h("y"), 30_000, 4_000).await.unwrap(),
+        Rotation::Rotated { user_id: 5, family_id: 6 }
+    );
+}
+
+pub async fn refresh_expired_unknown_and_concurrent_rotation(s: &dyn Store) {
+    use crate::Rotation;
+    s.create_refresh_token(&refresh("a", 1, 1, 5_000)).await.unwrap();
+    assert_eq!(s.rotate_refresh_token(&h("a"), &h("b"), 9_000, 5_000).await.unwrap(), Rotation::Expired { user_id: 1 });
+    assert_eq!(s.rotate_refresh_token(&h("q"), &h("b"), 9_000, 1_000).await.unwrap(), Rotation::Unknown);
+    // A new token of the same user deletes its expired ones.
+    let mut t = refresh("c", 1, 2, 90_000);
+    t.created_at = 6_000;
+    s.create_refresh_token(&t).await.unwrap();
+    assert_eq!(s.rotate_refresh_token(&h("a"), &h("b"), 9_000, 6_000).await.unwrap(), Rotation::Unknown);
+    // Two rotations of one token at once: exactly one wins.
+    let (x, y) = futures_util::future::join(
+        s.rotate_refresh_token(&h("c"), &h("d"), 90_000, 7_000),
+        s.rotate_refresh_token(&h("c"), &h("e"), 90_000, 7_000),
+    )
+    .await;
+    let outcomes = [x.unwrap(), y.unwrap()];
+    let won = outcomes.iter().filter(|o| matches!(o, Rotation::Rotated { .. })).count();
+    assert_eq!(won, 1, "{outcomes:?}");
+    assert!(outcomes.contains(&Rotation::Reused { user_id: 1, family_id: 2 }), "{outcomes:?}");
+}
+
+pub async fn revoke_family_and_all_sessions_bump_the_version(s: &dyn Store) {
+    use crate::Rotation;
+    assert_eq!(s.token_version(7).await.unwrap(), 0);
+    s.create_refresh_token(&refresh("a", 7, 1, 90_000)).await.unwrap();
+    s.create_refresh_token(&refresh("b", 7, 2, 90_000)).await.unwrap();
+    s.create_refresh_token(&refresh("c", 7, 3, 90_000)).await.unwrap();
+    s.create_refresh_token(&refresh("d", 8, 4, 90_000)).await.unwrap();
+    assert_eq!(s.revoke_refresh_family(&h("a")).await.unwrap(), Some(7));
+    assert_eq!(s.revoke_refresh_family(&h("e")).await.unwrap(), None);
+    assert_eq!(
+        s.rotate_refresh_token(&h("a"), &h("x"), 90_000, 2_000).await.unwrap(),
+        Rotation::Revoked { user_id: 7 }
+    );
+    assert_eq!(s.token_version(7).await.unwrap(), 0, "a one-session logout keeps the version");
+    assert_eq!(s.revoke_all_sessions(7).await.unwrap(), 1);
+    assert_eq!(s.revoke_all_sessions(7).await.unwrap(), 2);
+    assert_eq!(s.token_version(7).await.unwrap(), 2);
+    assert_eq!(s.token_version(8).await.unwrap(), 0);
+    for t in ["b", "c"] {
+        assert_eq!(
+            s.rotate_refresh_token(&h(t), &h("y"), 90_000, 2_000).await.unwrap(),
+            Rotation::Revoked { user_id: 7 }
+        );
+    }
+    assert_eq!(
+        s.rotate_refresh_token(&h("d"), &h("y"), 90_000, 2_000).await.unwrap(),
+        Rotation::Rotated { user_id: 8, family_id: 4 }
+    );
 }

@@ -14,6 +14,9 @@
 pub mod conformance;
 pub mod mysql;
 pub mod sqlite;
+pub mod tokens;
+
+pub use tokens::{RefreshToken, Rotation, TokenStore};
 
 use async_trait::async_trait;
 
@@ -352,7 +355,7 @@ pub struct GroupMember {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: TokenStore + Send + Sync + 'static {
     async fn create_user(&self, user: &User) -> Result<(), RepoError>;
     async fn user_by_username(&self, username: &str) -> Result<Option<User>, RepoError>;
     async fn user_by_id(&self, id: u64) -> Result<Option<User>, RepoError>;

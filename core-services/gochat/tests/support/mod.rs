@@ -4,6 +4,7 @@
 
 pub mod groups;
 pub mod privacy;
+pub mod tokens;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
