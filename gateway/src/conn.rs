@@ -6,6 +6,7 @@
 
 use crate::inbound::{self, Inbound, Origin};
 use crate::metrics::ShardMetrics;
+use crate::rate::TokenBucket;
 use crate::shard::Shard;
 use bytes::{Buf, Bytes};
 use futures_lite::{AsyncRead, AsyncWriteExt};
@@ -347,7 +348,13 @@ async fn flush(shard: &Shard, stream: &mut TcpStream, conn: &Conn) -> io::Result
 }
 
 /// Decode and act on every complete message in `buf`; returns bytes consumed.
-fn process(shard: &Shard, conn: &Conn, decoder: &mut MessageDecoder, buf: &mut [u8]) -> (usize, Flow) {
+fn process(
+    shard: &Shard,
+    conn: &Conn,
+    decoder: &mut MessageDecoder,
+    bucket: &mut TokenBucket,
+    buf: &mut [u8],
+) -> (usize, Flow) {
     let mut pos = 0;
     loop {
         let decoded = match decoder.decode(&mut buf[pos..]) {
@@ -364,7 +371,7 @@ fn process(shard: &Shard, conn: &Conn, decoder: &mut MessageDecoder, buf: &mut [
             Message::Text(text) => {
                 shard.metrics.frames_in.inc();
                 conn.partial_since.set(0); // a message completed: the frame deadline restarts
-                on_text(shard, conn, text);
+                on_text(shard, conn, bucket, text);
             }
             Message::Binary(_) => {
                 shard.metrics.protocol_errors.inc();
@@ -382,7 +389,7 @@ fn process(shard: &Shard, conn: &Conn, decoder: &mut MessageDecoder, buf: &mut [
     }
 }
 
-fn on_text(shard: &Shard, conn: &Conn, text: &mut [u8]) {
+fn on_text(shard: &Shard, conn: &Conn, bucket: &mut TokenBucket, text: &mut [u8]) {
     let origin = Origin { user_id: conn.user_id, gateway_id: &shard.gateway_id, shard: shard.index, conn_id: conn.id };
     match inbound::handle_text(text, &origin, &shard.limits, gochat_common::new_trace_id) {
         Inbound::Reply(json) => {
@@ -398,6 +405,13 @@ fn on_text(shard: &Shard, conn: &Conn, text: &mut [u8]) {
             conn.enqueue(server_text(&json), shard.settings.outbound_queue_bytes, &shard.metrics);
         }
         Inbound::Upstream { key, payload, reference } => {
+            let (rate, burst) = (shard.settings.client_messages_per_sec, shard.settings.client_message_burst);
+            if let Err(retry_after_ms) = bucket.take(rate, burst, shard.clock_ms()) {
+                shard.metrics.rate_limited.inc();
+                let json = inbound::rate_limited_json(retry_after_ms, reference.as_deref());
+                conn.enqueue(server_text(&json), shard.settings.outbound_queue_bytes, &shard.metrics);
+                return;
+            }
             match shard.producer.try_send(&shard.settings.upstream_topic, key.as_bytes(), None, payload) {
                 Ok(()) => shard.metrics.upstream_records.inc(),
                 Err(e) => {
@@ -418,10 +432,11 @@ fn on_text(shard: &Shard, conn: &Conn, text: &mut [u8]) {
 /// client sent right behind its upgrade request.
 pub async fn run(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut pending: Vec<u8>) {
     let mut decoder = MessageDecoder::new(shard.settings.max_frame_bytes, shard.settings.max_message_bytes);
+    let mut bucket = TokenBucket::full(shard.settings.client_message_burst, shard.clock_ms());
     let mut peer_closed: Option<Option<u16>> = None;
     let mut flow = Flow::Continue;
     if !pending.is_empty() {
-        let (used, f) = process(&shard, &conn, &mut decoder, &mut pending);
+        let (used, f) = process(&shard, &conn, &mut decoder, &mut bucket, &mut pending);
         pending.drain(..used);
         flow = f;
     }
@@ -477,7 +492,7 @@ pub async fn run(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut pe
                 // buffer still holds exactly what this connection read.
                 let mut scratch = shard.scratch.borrow_mut();
                 if pending.is_empty() {
-                    let (used, f) = process(&shard, &conn, &mut decoder, &mut scratch[..n]);
+                    let (used, f) = process(&shard, &conn, &mut decoder, &mut bucket, &mut scratch[..n]);
                     if used < n && matches!(f, Flow::Continue) {
                         pending.extend_from_slice(&scratch[used..n]);
                     }
@@ -485,7 +500,7 @@ pub async fn run(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut pe
                 } else {
                     pending.extend_from_slice(&scratch[..n]);
                     drop(scratch);
-                    let (used, f) = process(&shard, &conn, &mut decoder, &mut pending);
+                    let (used, f) = process(&shard, &conn, &mut decoder, &mut bucket, &mut pending);
                     pending.drain(..used);
                     if pending.is_empty() {
                         pending = Vec::new(); // give the frame buffer back
@@ -597,6 +612,8 @@ mod tests {
             http_body_timeout_ms: 1000,
             idle_timeout_secs: 0,
             frame_timeout_secs: 0,
+            client_messages_per_sec: 0,
+            client_message_burst: 0,
             public_ops_endpoints: false,
             max_connections_per_ip_per_shard: 0,
             sweep_interval_secs: 30,

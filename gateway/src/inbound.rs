@@ -57,6 +57,20 @@ pub fn error_json(code: &str, message: &str, reference: Option<&str>) -> Bytes {
     Bytes::from(v.to_string())
 }
 
+/// A `rate_limited` error frame: retry after `retry_after_ms`.
+pub fn rate_limited_json(retry_after_ms: u64, reference: Option<&str>) -> Bytes {
+    let mut v = serde_json::json!({
+        "type": "error",
+        "code": "rate_limited",
+        "message": "too many messages on this connection; retry later",
+        "retry_after_ms": retry_after_ms,
+    });
+    if let Some(r) = reference {
+        v["ref"] = serde_json::Value::String(r.to_owned());
+    }
+    Bytes::from(v.to_string())
+}
+
 fn reply_error(code: &str, message: &str, reference: Option<&str>) -> Inbound {
     Inbound::Reply(error_json(code, message, reference))
 }

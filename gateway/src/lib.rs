@@ -13,6 +13,7 @@ pub mod conn;
 pub mod http;
 pub mod inbound;
 pub mod metrics;
+pub mod rate;
 pub mod shard;
 pub mod tokens;
 
@@ -46,6 +47,10 @@ pub struct GatewaySettings {
     pub http_body_timeout_ms: u64,
     pub idle_timeout_secs: u64,
     pub frame_timeout_secs: u64,
+    /// Upstream records (sends, syncs) one connection may produce per
+    /// second, sustained (0 = unlimited), and at once.
+    pub client_messages_per_sec: u32,
+    pub client_message_burst: u32,
     /// Serve /metrics and /readyz on the client port too.
     pub public_ops_endpoints: bool,
     /// Per shard: ⌈gateway.max_connections_per_ip / shards⌉ (0 = no cap).
@@ -82,6 +87,8 @@ impl GatewaySettings {
             http_body_timeout_ms: g.http_body_timeout_ms,
             idle_timeout_secs: g.idle_timeout_secs,
             frame_timeout_secs: g.frame_timeout_secs,
+            client_messages_per_sec: g.client_messages_per_sec,
+            client_message_burst: g.client_message_burst,
             public_ops_endpoints: g.public_ops_endpoints,
             max_connections_per_ip_per_shard: g.max_connections_per_ip.div_ceil(cfg.effective_shards().max(1)),
             // Default: a quarter of the shorter of the idle and frame deadlines.

@@ -36,6 +36,8 @@ pub struct ShardMetrics {
     pub idle_closes: Counter,
     /// Connections closed (1008) because a started message did not complete in time.
     pub frame_timeouts: Counter,
+    /// Sends and syncs refused with `rate_limited` (per-connection bucket).
+    pub rate_limited: Counter,
     /// Sockets refused because their source IP holds its share already.
     pub refused_per_ip: Counter,
     /// Connections closed (1008) because their access token expired.
@@ -180,6 +182,12 @@ pub fn render(gateway_id: &str, shards: &[std::sync::Arc<ShardMetrics>], enc: &m
             "counter",
             "connections closed (1008) because a started message was not completed within gateway.frame_timeout_secs",
             |m| m.frame_timeouts.get(),
+        ),
+        (
+            "gochat_gateway_rate_limited_total",
+            "counter",
+            "sends and syncs refused with rate_limited (gateway.client_messages_per_sec)",
+            |m| m.rate_limited.get(),
         ),
         (
             "gochat_gateway_refused_per_ip_total",

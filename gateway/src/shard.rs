@@ -89,6 +89,11 @@ impl Shard {
         self.started.elapsed().as_secs() as u32
     }
 
+    /// Milliseconds since the shard started (rate limits).
+    pub fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     /// A socket counted against `max_open` (and its source address's
     /// share) closed.
     pub fn release_slot(&self, peer: Option<IpAddr>) {

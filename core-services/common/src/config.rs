@@ -71,6 +71,12 @@ pub struct GatewayConfig {
     /// buffered) must be completed within this long, however steadily its
     /// bytes trickle in, else the connection is closed (1008). 0 disables.
     pub frame_timeout_secs: u64,
+    /// Sends and syncs one WebSocket may make per second, sustained (0 =
+    /// unlimited); beyond it the client gets `rate_limited` with
+    /// `retry_after_ms` and nothing is produced.
+    pub client_messages_per_sec: u32,
+    /// How many of them at once (a reconnect syncing many conversations).
+    pub client_message_burst: u32,
     /// Connections one source IP address may hold on this gateway process,
     /// enforced by each shard for its share (⌈max / shards⌉; shards share
     /// nothing). Over it the socket gets 429 `too_many_connections` and is
@@ -375,6 +381,8 @@ impl Default for GatewayConfig {
             http_body_timeout_ms: 10_000,
             idle_timeout_secs: 300,
             frame_timeout_secs: 30,
+            client_messages_per_sec: 100,
+            client_message_burst: 200,
             max_connections_per_ip: 10_000,
             sweep_interval_secs: 0,
             write_timeout_ms: 10_000,

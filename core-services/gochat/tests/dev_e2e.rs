@@ -505,3 +505,67 @@ async fn announced_bodies_that_never_arrive_cost_nothing_and_time_out() {
     let (_, tok) = srv.user("after").await;
     assert_eq!(srv.get("/api/v1/users/me", &tok).await.0, 200);
 }
+
+/// One WebSocket may produce gateway.client_messages_per_sec upstream
+/// records (5/s here, burst 10): a client firing 30 sends at once gets 10
+/// acks and `rate_limited` errors carrying the send's `ref` and a
+/// `retry_after_ms`; nothing refused is stored or delivered; after the
+/// advised wait a send goes through. Another connection has its own bucket.
+#[tokio::test]
+async fn a_connection_flooding_sends_is_rate_limited_and_told_when_to_retry() {
+    let srv = Server::start_with(
+        &temp_dir("ratelimit"),
+        1,
+        &[("GOCHAT_GATEWAY__CLIENT_MESSAGES_PER_SEC", "5"), ("GOCHAT_GATEWAY__CLIENT_MESSAGE_BURST", "10")],
+    );
+    let (_, alice_tok) = srv.user("rl-alice").await;
+    let (bob, bob_tok) = srv.user("rl-bob").await;
+    let mut a = srv.connect(&alice_tok).await;
+    for i in 0..30 {
+        send(&mut a, text_msg(&format!("flood-{i}"), &bob, "x")).await;
+    }
+    let (mut acked, mut limited, mut retry_after) = (Vec::new(), Vec::new(), 0u64);
+    while acked.len() + limited.len() < 30 {
+        let f = recv(&mut a).await;
+        match f["type"].as_str().unwrap() {
+            "message-ack" => acked.push(f["client_msg_id"].as_str().unwrap().to_owned()),
+            "error" => {
+                assert_eq!(f["code"], "rate_limited", "{f}");
+                retry_after = f["retry_after_ms"].as_u64().expect("retry_after_ms");
+                limited.push(f["ref"].as_str().unwrap().to_owned());
+            }
+            other => panic!("unexpected {other}: {f}"),
+        }
+    }
+    assert!((10..=12).contains(&acked.len()), "the burst and little more went through: {acked:?}");
+    assert!(retry_after > 0 && retry_after <= 200, "retry_after_ms {retry_after}");
+    // Refused sends were not stored: bob's history has exactly the acked ones.
+    let (_, me) = srv.get("/api/v1/users/me", &alice_tok).await;
+    let alice = me["user_id"].as_str().unwrap().to_owned();
+    let (status, page) = srv
+        .get(&format!("/api/v1/conversations/{}/messages?after_seq=0&limit=100", conv_id(&alice, &bob)), &bob_tok)
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["messages"].as_array().unwrap().len(), acked.len(), "{page}");
+    // Another connection of the same user has its own bucket.
+    let mut a2 = srv.connect(&alice_tok).await;
+    send(&mut a2, text_msg("other-conn", &bob, "y")).await;
+    assert_eq!(recv(&mut a2).await["type"], "message-ack");
+    // After the advised wait, the first connection is served again.
+    tokio::time::sleep(Duration::from_millis(retry_after + 50)).await;
+    send(&mut a, text_msg(&limited[0], &bob, "x")).await;
+    let f = loop {
+        // The other connection's message reaches this one too (a user's devices stay in sync).
+        let f = recv(&mut a).await;
+        if f["type"] != "new-message" {
+            break f;
+        }
+    };
+    assert_eq!(
+        (f["type"].as_str(), f["client_msg_id"].as_str()),
+        (Some("message-ack"), Some(limited[0].as_str())),
+        "{f}"
+    );
+    let limited_total: f64 = srv.metric("gochat_gateway_rate_limited_total").await.iter().map(|(_, v)| v).sum();
+    assert_eq!(limited_total as usize, limited.len());
+}
