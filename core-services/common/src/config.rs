@@ -83,6 +83,12 @@ pub struct GatewayConfig {
     /// Cluster mode: largest REST response the gateway relays from logic;
     /// a larger one is answered 502 `bad_gateway`.
     pub max_api_response_bytes: usize,
+    /// PEM certificate chain (leaf first) of the client listener; with
+    /// `tls_key_path` the gateway serves only TLS (`wss://`, `https://`).
+    /// Empty = plaintext. Both files are re-read on SIGHUP.
+    pub tls_cert_path: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching `tls_cert_path`.
+    pub tls_key_path: String,
 }
 
 /// Cluster mode: the Kafka-protocol broker between gateway and logic.
@@ -349,6 +355,8 @@ impl Default for GatewayConfig {
             push_queue_records: 65_536,
             api_upstream: "http://127.0.0.1:8081".into(),
             max_api_response_bytes: 16 << 20,
+            tls_cert_path: String::new(),
+            tls_key_path: String::new(),
         }
     }
 }
@@ -471,6 +479,9 @@ impl Config {
         if self.gateway.max_frame_bytes < 126 || self.gateway.max_message_bytes < self.gateway.max_frame_bytes.min(1024)
         {
             return bad("gateway.max_frame_bytes must be >= 126 and max_message_bytes >= 1024");
+        }
+        if self.gateway.tls_cert_path.is_empty() != self.gateway.tls_key_path.is_empty() {
+            return bad("gateway.tls_cert_path and gateway.tls_key_path must be set together");
         }
         if self.gateway.read_buffer_bytes < 1024 {
             return bad("gateway.read_buffer_bytes must be >= 1024");

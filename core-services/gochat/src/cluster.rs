@@ -251,8 +251,13 @@ pub fn run_gateway(cfg: Config) -> anyhow::Result<()> {
     let api = Arc::new(HttpApi::new(&cfg, runtime.handle().clone())?);
     let bus = Arc::new(KafkaShardBus { kafka, gateway_id: cfg.gateway.id.clone(), push_topic });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let gateway = Gateway::start(settings, cfg.listen, GatewayDeps { bus, jwt, api }, shutdown_rx)?;
-    info!(addr = %gateway.local_addr, gateway = %cfg.gateway.id, shards, "gochat ready");
+    let tls = {
+        let _rt = runtime.enter();
+        crate::tls::gateway_tls(&cfg)?
+    };
+    let tls_on = tls.is_some();
+    let gateway = Gateway::start(settings, cfg.listen, GatewayDeps { bus, jwt, api, tls }, shutdown_rx)?;
+    info!(addr = %gateway.local_addr, gateway = %cfg.gateway.id, shards, tls = tls_on, "gochat ready");
     runtime.block_on(wait_for_signal());
     info!("shutting down");
     let _ = shutdown_tx.send(true);

@@ -138,9 +138,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         };
         let api = Arc::new(TokioApi::new(router(state), tokio::runtime::Handle::current()));
         let shard_bus = Arc::new(MemoryShardBus { upstream: bus.producer(), push: push_bus.clone(), push_topic });
-        let deps = GatewayDeps { bus: shard_bus, jwt, api };
+        let tls = crate::tls::gateway_tls(&cfg)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let deps = GatewayDeps { bus: shard_bus, jwt, api, tls };
         let gateway = Gateway::start(settings, cfg.listen, deps, shutdown_rx)?;
-        info!(addr = %gateway.local_addr, url = %format!("http://{}", gateway.local_addr), shards, "gochat ready");
+        let url = format!("{scheme}://{}", gateway.local_addr);
+        info!(addr = %gateway.local_addr, url = %url, tls = scheme == "https", shards, "gochat ready");
 
         wait_for_signal().await;
         info!("shutting down");
