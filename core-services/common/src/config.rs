@@ -130,6 +130,18 @@ pub struct KafkaConfig {
     pub dead_letter_topic: String,
     /// Prepended to every topic name (`{prefix}im.upstream`, ...).
     pub topic_prefix: String,
+    /// librdkafka `security.protocol`: "plaintext", "ssl", "sasl_plaintext"
+    /// or "sasl_ssl"; empty = librdkafka's default (plaintext).
+    pub security_protocol: String,
+    /// librdkafka `sasl.mechanism` ("PLAIN", "SCRAM-SHA-256", ...); empty = unset.
+    pub sasl_mechanism: String,
+    pub sasl_username: String,
+    pub sasl_password: String,
+    /// librdkafka `ssl.ca.location` (PEM file of the brokers' CA); empty = unset.
+    pub ssl_ca_location: String,
+    /// Any further librdkafka properties, set last (`[kafka.extra]` in TOML:
+    /// `"ssl.certificate.location" = "/etc/gochat/kafka.crt"`).
+    pub extra: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -147,6 +159,12 @@ impl Default for KafkaConfig {
             task_group: "gochat-task".into(),
             dead_letter_topic: "im.upstream.dlq".into(),
             topic_prefix: String::new(),
+            security_protocol: String::new(),
+            sasl_mechanism: String::new(),
+            sasl_username: String::new(),
+            sasl_password: String::new(),
+            ssl_ca_location: String::new(),
+            extra: Default::default(),
         }
     }
 }
@@ -175,11 +193,19 @@ pub struct RepoConfig {
     /// How logic reaches the repo: `http://host:port` of a `gochat repo`, or
     /// empty to open `storage.database_url` in-process.
     pub endpoint: String,
+    /// Shared secret of the repo's gRPC service: `gochat repo` refuses calls
+    /// without `authorization: Bearer {auth_token}` (UNAUTHENTICATED) and
+    /// logic sends it. Empty = no check (loopback-only deployments).
+    pub auth_token: String,
 }
 
 impl Default for RepoConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9100".parse().expect("static addr"), endpoint: String::new() }
+        Self {
+            listen: "127.0.0.1:9100".parse().expect("static addr"),
+            endpoint: String::new(),
+            auth_token: String::new(),
+        }
     }
 }
 

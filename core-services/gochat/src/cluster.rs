@@ -43,7 +43,8 @@ pub async fn logic_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     if cfg.repo.endpoint.is_empty() {
         return open_store(cfg).await;
     }
-    let client = gochat_repo_grpc::RepoClient::connect(&cfg.repo.endpoint).context("repo endpoint")?;
+    let client = gochat_repo_grpc::RepoClient::connect_with_token(&cfg.repo.endpoint, Some(&cfg.repo.auth_token))
+        .context("repo endpoint")?;
     info!(endpoint = %cfg.repo.endpoint, "persisting through the repo service");
     Ok(Arc::new(client))
 }
@@ -445,7 +446,8 @@ pub fn run_repo(cfg: Config) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}", cfg.repo.listen))?;
         let addr = listener.local_addr()?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(gochat_repo_grpc::serve(store, listener, async move {
+        let token = Some(cfg.repo.auth_token.clone());
+        let server = tokio::spawn(gochat_repo_grpc::serve_with_token(store, listener, token, async move {
             let _ = stop_rx.await;
         }));
         info!(grpc = %addr, "gochat ready");
