@@ -8,9 +8,9 @@ use crate::inbound::{self, Inbound, Origin};
 use crate::metrics::ShardMetrics;
 use crate::rate::TokenBucket;
 use crate::shard::Shard;
+use crate::tls::Stream;
 use bytes::{Buf, Bytes};
 use futures_lite::{AsyncRead, AsyncWriteExt};
-use glommio::net::TcpStream;
 use gochat_proto::bus::{session_event, ConnRef, KafkaMessage, SessionEvent};
 use gochat_proto::{kind, Message as _};
 use gochat_wscodec::{close_code, close_frame, server_frame, server_text, Message, MessageDecoder, OpCode};
@@ -18,7 +18,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -302,8 +301,8 @@ const IOV_MAX_BATCH: usize = 64;
 
 /// Write as much of the queue as the socket takes, in one `sendmsg` per
 /// batch of frames; when the socket is full, wait for it through glommio.
-async fn flush(shard: &Shard, stream: &mut TcpStream, conn: &Conn) -> io::Result<()> {
-    let fd = stream.as_raw_fd();
+async fn flush(shard: &Shard, stream: &mut Stream, conn: &Conn) -> io::Result<()> {
+    let Some(fd) = stream.plain_fd() else { return flush_tls(shard, stream, conn).await };
     loop {
         let sent = {
             let q = conn.out.borrow();
@@ -343,6 +342,31 @@ async fn flush(shard: &Shard, stream: &mut TcpStream, conn: &Conn) -> io::Result
                 conn.advance(n, &shard.metrics);
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// TLS: hand queued frames to rustls (encrypted into its bounded send
+/// buffer), write the records out, repeat until the queue is empty.
+async fn flush_tls(shard: &Shard, stream: &mut Stream, conn: &Conn) -> io::Result<()> {
+    loop {
+        let taken = {
+            let q = conn.out.borrow();
+            let mut taken = 0;
+            for b in q.iter() {
+                let n = stream.buffer_plain(b)?;
+                taken += n;
+                if n < b.len() {
+                    break;
+                }
+            }
+            taken
+        };
+        shard.metrics.bytes_out.add(taken as u64);
+        conn.advance(taken, &shard.metrics);
+        stream.flush().await?;
+        if !conn.has_out() {
+            return Ok(());
         }
     }
 }
@@ -430,7 +454,7 @@ fn on_text(shard: &Shard, conn: &Conn, bucket: &mut TokenBucket, text: &mut [u8]
 
 /// Drive one upgraded connection until it closes. `pending` holds bytes the
 /// client sent right behind its upgrade request.
-pub async fn run(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut pending: Vec<u8>) {
+pub async fn run(shard: Rc<Shard>, mut stream: Stream, conn: Rc<Conn>, mut pending: Vec<u8>) {
     let mut decoder = MessageDecoder::new(shard.settings.max_frame_bytes, shard.settings.max_message_bytes);
     let mut bucket = TokenBucket::full(shard.settings.client_message_burst, shard.clock_ms());
     let mut peer_closed: Option<Option<u16>> = None;
@@ -533,8 +557,8 @@ pub async fn run(shard: Rc<Shard>, mut stream: TcpStream, conn: Rc<Conn>, mut pe
 
 /// After our close frame: stop writing and give the peer a moment to answer
 /// with its own close frame (or EOF) before the socket is dropped.
-async fn linger(stream: &mut TcpStream) {
-    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+async fn linger(stream: &mut Stream) {
+    let _ = stream.shutdown_write().await;
     let drain = async {
         let mut sink = [0u8; 64];
         loop {
@@ -718,9 +742,8 @@ mod tests {
                 let shard =
                     Rc::new(Shard::new(0, Rc::new(settings()), bus.producer(), jwt, Arc::new(NoApi), metrics, 10));
                 let conn = Rc::new(Conn::new(1, 1, 0));
-                let fut = run(shard, server, conn.clone(), Vec::new());
-                let sizes =
-                    (std::mem::size_of_val(&fut), std::mem::size_of::<Conn>(), std::mem::size_of::<TcpStream>());
+                let fut = run(shard, Stream::Plain(server), conn.clone(), Vec::new());
+                let sizes = (std::mem::size_of_val(&fut), std::mem::size_of::<Conn>(), std::mem::size_of::<Stream>());
                 drop(fut);
                 drop(client);
                 sizes

@@ -15,6 +15,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod rate;
 pub mod shard;
+pub mod tls;
 pub mod tokens;
 
 use glommio::{LocalExecutorBuilder, Placement};
@@ -122,6 +123,8 @@ pub struct GatewayDeps {
     pub bus: Arc<dyn ShardBus>,
     pub jwt: JwtKeys,
     pub api: Arc<dyn ApiBackend>,
+    /// TLS on the client listener (`gateway.tls_cert_path`); None = plaintext.
+    pub tls: Option<Arc<tls::TlsReloader>>,
 }
 
 pub use api::ApiBackend;
@@ -179,6 +182,7 @@ impl Gateway {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), GatewayError>>();
         for (i, listener) in listeners.into_iter().enumerate() {
             let fd = listener.into_raw_fd();
+            let tls = deps.tls.clone();
             let (settings, bus, jwt, api, metrics, shutdown, ready) = (
                 settings.clone(),
                 deps.bus.clone(),
@@ -202,9 +206,11 @@ impl Gateway {
                             return;
                         }
                     };
+                    let handshake_timeout = std::time::Duration::from_millis(settings.handshake_timeout_ms);
+                    let tls = tls.map(|t| tls::ShardTls::new(t, handshake_timeout));
                     let settings = Rc::new(settings);
-                    let shard =
-                        Rc::new(shard::Shard::new(i as u32, settings, producer, jwt, api, metrics, per_shard_cap));
+                    let shard = shard::Shard::new(i as u32, settings, producer, jwt, api, metrics, per_shard_cap);
+                    let shard = Rc::new(shard.with_tls(tls));
                     let _ = ready.send(Ok(()));
                     // Dropped now, so a shard that dies during start is noticed.
                     drop(ready);
@@ -223,7 +229,7 @@ impl Gateway {
                 }
             }
         }
-        info!(addr = %local_addr, shards, max_connections = settings.max_connections, per_shard_cap, "gateway listening");
+        info!(addr = %local_addr, shards, tls = deps.tls.is_some(), max_connections = settings.max_connections, per_shard_cap, "gateway listening");
         Ok(Self { local_addr, metrics: all_metrics, handles })
     }
 

@@ -53,6 +53,8 @@ pub struct ShardMetrics {
     pub http_bad_targets: Counter,
     /// HTTP requests whose body did not arrive within the deadline (408).
     pub http_body_timeouts: Counter,
+    /// TLS handshakes that failed or timed out (plaintext on the TLS port included).
+    pub tls_handshake_failures: Counter,
 }
 
 impl ShardMetrics {
@@ -136,6 +138,12 @@ pub fn render(gateway_id: &str, shards: &[std::sync::Arc<ShardMetrics>], enc: &m
             "counter",
             "HTTP requests answered 408 because their body did not arrive in time",
             |m| m.http_body_timeouts.get(),
+        ),
+        (
+            "gochat_gateway_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed or did not finish within gateway.handshake_timeout_ms",
+            |m| m.tls_handshake_failures.get(),
         ),
         ("gochat_gateway_client_errors_total", "counter", "error frames sent for invalid client messages", |m| {
             m.client_errors.get()

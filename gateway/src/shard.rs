@@ -8,9 +8,10 @@ use crate::conn::{self, Conn, PushOutcome};
 use crate::http::{self, RequestHead};
 use crate::inbound::InboundLimits;
 use crate::metrics::{self, ShardMetrics};
+use crate::tls::{ShardTls, Stream};
 use crate::GatewaySettings;
 use bytes::Bytes;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
 use gochat_common::auth::JwtKeys;
 use gochat_common::bus::{Consumer, Producer};
@@ -49,6 +50,8 @@ pub struct Shard {
     /// `settings.max_connections_per_ip_per_shard` (entries removed at 0).
     per_ip: RefCell<HashMap<IpAddr, u32>>,
     started: Instant,
+    /// TLS on the client listener; None = plaintext.
+    pub tls: Option<ShardTls>,
 }
 
 impl Shard {
@@ -81,7 +84,14 @@ impl Shard {
             max_open,
             per_ip: RefCell::new(HashMap::new()),
             started: Instant::now(),
+            tls: None,
         }
+    }
+
+    /// Terminate TLS on this shard's listener.
+    pub fn with_tls(mut self, tls: Option<ShardTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Seconds since the shard started (cheap, coarse clock for idleness).
@@ -150,21 +160,26 @@ pub async fn run(
             Some(Ok(stream)) => {
                 if shard.open.get() >= shard.max_open {
                     shard.metrics.refused_at_capacity.inc();
-                    let body =
-                        http::error_response(503, "over_capacity", "connection limit reached; retry later", false);
-                    glommio::spawn_local(refuse(stream, body)).detach();
+                    if shard.tls.is_none() {
+                        let body =
+                            http::error_response(503, "over_capacity", "connection limit reached; retry later", false);
+                        glommio::spawn_local(refuse(stream, body)).detach();
+                    }
                     continue;
                 }
                 let peer = stream.peer_addr().ok().map(|a| a.ip());
                 if peer.is_some_and(|ip| !shard.take_ip_slot(ip)) {
                     shard.metrics.refused_per_ip.inc();
-                    let body = http::error_response(
-                        429,
-                        "too_many_connections",
-                        "too many connections from this address; retry later",
-                        false,
-                    );
-                    glommio::spawn_local(refuse(stream, body)).detach();
+                    // A plaintext answer means nothing to a TLS client: just close.
+                    if shard.tls.is_none() {
+                        let body = http::error_response(
+                            429,
+                            "too_many_connections",
+                            "too many connections from this address; retry later",
+                            false,
+                        );
+                        glommio::spawn_local(refuse(stream, body)).detach();
+                    }
                     continue;
                 }
                 shard.open.set(shard.open.get() + 1);
@@ -202,6 +217,7 @@ pub async fn run(
 }
 
 async fn refuse(mut stream: TcpStream, body: Vec<u8>) {
+    use futures_lite::AsyncWriteExt;
     let _ = futures_lite::future::or(async { stream.write_all(&body).await.ok() }, async {
         glommio::timer::sleep(Duration::from_secs(1)).await;
         None
@@ -307,7 +323,7 @@ async fn idle_sweeper(shard: Rc<Shard>) {
 }
 
 /// Read until a full request head is buffered (or the deadline passes).
-async fn read_head(shard: &Shard, stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<RequestHead>, Vec<u8>> {
+async fn read_head(shard: &Shard, stream: &mut Stream, buf: &mut Vec<u8>) -> Result<Option<RequestHead>, Vec<u8>> {
     let max = shard.settings.max_http_head_bytes;
     let deadline = Duration::from_millis(shard.settings.handshake_timeout_ms);
     let read = async {
@@ -338,9 +354,20 @@ async fn read_head(shard: &Shard, stream: &mut TcpStream, buf: &mut Vec<u8>) -> 
 
 /// One accepted socket: HTTP/1.1 requests until it upgrades or closes.
 /// Returns true when the socket became a WebSocket (now owned by its own task).
-async fn serve(shard: Rc<Shard>, mut stream: TcpStream) -> bool {
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(shard.settings.write_timeout_ms.max(1))));
+async fn serve(shard: Rc<Shard>, tcp: TcpStream) -> bool {
+    let _ = tcp.set_nodelay(true);
+    let _ = tcp.set_write_timeout(Some(Duration::from_millis(shard.settings.write_timeout_ms.max(1))));
+    let mut stream = match &shard.tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => match tls.accept(tcp).await {
+            Ok(s) => s,
+            Err(e) => {
+                shard.metrics.tls_handshake_failures.inc();
+                debug!(shard = shard.index, error = %e, "tls handshake failed");
+                return false;
+            }
+        },
+    };
     shard.metrics.http_connections.inc();
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let upgraded = loop {
@@ -348,7 +375,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) -> bool {
             Ok(Some(h)) => h,
             Ok(None) => break None,
             Err(response) => {
-                let _ = stream.write_all(&response).await;
+                let _ = stream.send(&response).await;
                 break None;
             }
         };
@@ -361,12 +388,12 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) -> bool {
             Ok(n) if n <= shard.settings.max_http_body_bytes => n,
             Ok(_) => {
                 let r = http::error_response(413, "body_too_large", "request body too large", false);
-                let _ = stream.write_all(&r).await;
+                let _ = stream.send(&r).await;
                 break None;
             }
             Err(e) => {
                 let r = http::error_response(411, "length_required", &e.to_string(), false);
-                let _ = stream.write_all(&r).await;
+                let _ = stream.send(&r).await;
                 break None;
             }
         };
@@ -376,14 +403,14 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) -> bool {
             BodyRead::TimedOut => {
                 shard.metrics.http_body_timeouts.inc();
                 let r = http::error_response(408, "request_timeout", "request body not received in time", false);
-                let _ = stream.write_all(&r).await;
+                let _ = stream.send(&r).await;
                 break None;
             }
         }
         let body = Bytes::copy_from_slice(&buf[head.head_len..head.head_len + body_len]);
         buf.drain(..head.head_len + body_len);
         let response = route(&shard, &head, body, keep_alive).await;
-        if stream.write_all(&response).await.is_err() || !keep_alive {
+        if stream.send(&response).await.is_err() || !keep_alive {
             break None;
         }
     };
@@ -407,7 +434,7 @@ const BODY_READ_STEP: usize = 16 << 10;
 
 /// Read until `buf` holds `total` bytes, within `gateway.http_body_timeout_ms`
 /// for the whole body.
-async fn read_body(shard: &Shard, stream: &mut TcpStream, buf: &mut Vec<u8>, total: usize) -> BodyRead {
+async fn read_body(shard: &Shard, stream: &mut Stream, buf: &mut Vec<u8>, total: usize) -> BodyRead {
     let deadline = Duration::from_millis(shard.settings.http_body_timeout_ms);
     let read = async {
         while buf.len() < total {
@@ -459,7 +486,7 @@ async fn route(shard: &Shard, head: &RequestHead, body: Bytes, keep_alive: bool)
 }
 
 /// Authenticate and upgrade; then hand the socket to the connection loop.
-async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, mut buf: Vec<u8>) -> bool {
+async fn upgrade(shard: Rc<Shard>, mut stream: Stream, head: RequestHead, mut buf: Vec<u8>) -> bool {
     let accept = match http::websocket_accept(&head) {
         Ok(a) => a,
         Err(e) => {
@@ -471,7 +498,7 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, mut
                 let at = r.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
                 r.splice(at..at, b"\r\nSec-WebSocket-Version: 13".iter().copied());
             }
-            let _ = stream.write_all(&r).await;
+            let _ = stream.send(&r).await;
             return false;
         }
     };
@@ -504,12 +531,12 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, mut
         shard.conns.borrow_mut().remove(&conn_id);
         conn.discard(&shard.metrics); // pushes may have arrived meanwhile
         warn!(shard = shard.index, error = %e, "connect event not produced; refusing upgrade");
-        let _ = stream.write_all(&http::error_response(503, "unavailable", "message bus unavailable", false)).await;
+        let _ = stream.send(&http::error_response(503, "unavailable", "message bus unavailable", false)).await;
         return false;
     }
     shard.metrics.upgrades.inc();
     shard.metrics.websockets.inc();
-    if stream.write_all(http::switching_protocols(&accept).as_slice()).await.is_err() {
+    if stream.send(http::switching_protocols(&accept).as_slice()).await.is_err() {
         conn::finish(&shard, &conn).await; // releases the slot
         return true;
     }
@@ -528,7 +555,7 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, mut
     true
 }
 
-async fn unauthorized(shard: &Shard, stream: &mut TcpStream, message: &str) {
+async fn unauthorized(shard: &Shard, stream: &mut Stream, message: &str) {
     shard.metrics.upgrades_unauthorized.inc();
-    let _ = stream.write_all(&http::error_response(401, "unauthorized", message, false)).await;
+    let _ = stream.send(&http::error_response(401, "unauthorized", message, false)).await;
 }

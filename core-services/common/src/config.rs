@@ -110,6 +110,12 @@ pub struct GatewayConfig {
     /// Also answer `/metrics` and `/readyz` on the public client port (off:
     /// 404 there). Only for setups where the client port is itself private.
     pub public_ops_endpoints: bool,
+    /// PEM certificate chain (leaf first) of the client listener; with
+    /// `tls_key_path` the gateway serves only TLS (`wss://`, `https://`).
+    /// Empty = plaintext. Both files are re-read on SIGHUP.
+    pub tls_cert_path: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching `tls_cert_path`.
+    pub tls_key_path: String,
 }
 
 /// Cluster mode: the Kafka-protocol broker between gateway and logic.
@@ -151,6 +157,18 @@ pub struct KafkaConfig {
     pub dead_letter_topic: String,
     /// Prepended to every topic name (`{prefix}im.upstream`, ...).
     pub topic_prefix: String,
+    /// librdkafka `security.protocol`: "plaintext", "ssl", "sasl_plaintext"
+    /// or "sasl_ssl"; empty = librdkafka's default (plaintext).
+    pub security_protocol: String,
+    /// librdkafka `sasl.mechanism` ("PLAIN", "SCRAM-SHA-256", ...); empty = unset.
+    pub sasl_mechanism: String,
+    pub sasl_username: String,
+    pub sasl_password: String,
+    /// librdkafka `ssl.ca.location` (PEM file of the brokers' CA); empty = unset.
+    pub ssl_ca_location: String,
+    /// Any further librdkafka properties, set last (`[kafka.extra]` in TOML:
+    /// `"ssl.certificate.location" = "/etc/gochat/kafka.crt"`).
+    pub extra: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -168,6 +186,12 @@ impl Default for KafkaConfig {
             task_group: "gochat-task".into(),
             dead_letter_topic: "im.upstream.dlq".into(),
             topic_prefix: String::new(),
+            security_protocol: String::new(),
+            sasl_mechanism: String::new(),
+            sasl_username: String::new(),
+            sasl_password: String::new(),
+            ssl_ca_location: String::new(),
+            extra: Default::default(),
         }
     }
 }
@@ -196,11 +220,19 @@ pub struct RepoConfig {
     /// How logic reaches the repo: `http://host:port` of a `gochat repo`, or
     /// empty to open `storage.database_url` in-process.
     pub endpoint: String,
+    /// Shared secret of the repo's gRPC service: `gochat repo` refuses calls
+    /// without `authorization: Bearer {auth_token}` (UNAUTHENTICATED) and
+    /// logic sends it. Empty = no check (loopback-only deployments).
+    pub auth_token: String,
 }
 
 impl Default for RepoConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9100".parse().expect("static addr"), endpoint: String::new() }
+        Self {
+            listen: "127.0.0.1:9100".parse().expect("static addr"),
+            endpoint: String::new(),
+            auth_token: String::new(),
+        }
     }
 }
 
@@ -392,6 +424,8 @@ impl Default for GatewayConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             public_ops_endpoints: false,
             max_api_response_bytes: 16 << 20,
+            tls_cert_path: String::new(),
+            tls_key_path: String::new(),
         }
     }
 }
@@ -537,6 +571,9 @@ impl Config {
         {
             return bad("gateway.max_frame_bytes must be >= 126 and max_message_bytes >= 1024");
         }
+        if self.gateway.tls_cert_path.is_empty() != self.gateway.tls_key_path.is_empty() {
+            return bad("gateway.tls_cert_path and gateway.tls_key_path must be set together");
+        }
         if self.gateway.read_buffer_bytes < 1024 {
             return bad("gateway.read_buffer_bytes must be >= 1024");
         }
@@ -578,10 +615,12 @@ impl Config {
 
     /// Every secret of the configuration (whole values: URLs are checked
     /// whole, their password included), by key.
-    fn secrets(&self) -> [(&'static str, &str); 4] {
+    fn secrets(&self) -> [(&'static str, &str); 6] {
         [
             ("auth.jwt_secret", &self.auth.jwt_secret),
             ("task.push_webhook_secret", &self.task.push_webhook_secret),
+            ("repo.auth_token", &self.repo.auth_token),
+            ("kafka.sasl_password", &self.kafka.sasl_password),
             ("storage.database_url", &self.storage.database_url),
             ("redis.url", &self.redis.url),
         ]
@@ -599,6 +638,14 @@ impl Config {
         };
         mask(&mut c.auth.jwt_secret);
         mask(&mut c.task.push_webhook_secret);
+        mask(&mut c.repo.auth_token);
+        mask(&mut c.kafka.sasl_password);
+        // librdkafka properties passed through may hold credentials too.
+        for (k, v) in c.kafka.extra.iter_mut() {
+            if ["password", "secret", "key", "token"].iter().any(|w| k.contains(w)) {
+                mask(v);
+            }
+        }
         c.storage.database_url = redact_url(&c.storage.database_url);
         c.redis.url = redact_url(&c.redis.url);
         c.task.push_webhook_url = redact_url(&c.task.push_webhook_url);
@@ -676,9 +723,16 @@ mod tests {
         let mut cfg = Config::default();
         cfg.auth.jwt_secret = "s".repeat(40);
         cfg.storage.database_url = "mysql://u:pw@h/db".into();
+        cfg.repo.auth_token = "t".repeat(32);
+        cfg.kafka.sasl_password = "kafka-pw".into();
+        cfg.kafka.extra.insert("ssl.key.password".into(), "kpw".into());
+        cfg.kafka.extra.insert("fetch.min.bytes".into(), "1".into());
         let r = cfg.redacted();
         assert_eq!(r.auth.jwt_secret, REDACTED);
         assert_eq!(r.task.push_webhook_secret, "");
         assert_eq!(r.storage.database_url, "mysql://u:***@h/db");
+        assert_eq!((r.repo.auth_token.as_str(), r.kafka.sasl_password.as_str()), (REDACTED, REDACTED));
+        assert_eq!(r.kafka.extra["ssl.key.password"], REDACTED);
+        assert_eq!(r.kafka.extra["fetch.min.bytes"], "1");
     }
 }

@@ -43,7 +43,8 @@ pub async fn logic_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     if cfg.repo.endpoint.is_empty() {
         return open_store(cfg).await;
     }
-    let client = gochat_repo_grpc::RepoClient::connect(&cfg.repo.endpoint).context("repo endpoint")?;
+    let client = gochat_repo_grpc::RepoClient::connect_with_token(&cfg.repo.endpoint, Some(&cfg.repo.auth_token))
+        .context("repo endpoint")?;
     info!(endpoint = %cfg.repo.endpoint, "persisting through the repo service");
     Ok(Arc::new(client))
 }
@@ -252,8 +253,13 @@ pub fn run_gateway(cfg: Config) -> anyhow::Result<()> {
     let api = Arc::new(HttpApi::new(&cfg, runtime.handle().clone())?);
     let bus = Arc::new(KafkaShardBus { kafka, gateway_id: cfg.gateway.id.clone(), push_topic });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let tls = {
+        let _rt = runtime.enter();
+        crate::tls::gateway_tls(&cfg)?
+    };
+    let tls_on = tls.is_some();
     let gateway =
-        Gateway::start(settings, cfg.listen, GatewayDeps { bus, jwt, api: api.clone() }, shutdown_rx.clone())?;
+        Gateway::start(settings, cfg.listen, GatewayDeps { bus, jwt, api: api.clone(), tls }, shutdown_rx.clone())?;
     let admin = runtime.block_on(crate::admin::serve(
         cfg.gateway.admin_listen,
         &cfg.gateway.id,
@@ -261,7 +267,7 @@ pub fn run_gateway(cfg: Config) -> anyhow::Result<()> {
         api,
         shutdown_rx,
     ))?;
-    info!(addr = %gateway.local_addr, admin = %admin, gateway = %cfg.gateway.id, shards, "gochat ready");
+    info!(addr = %gateway.local_addr, admin = %admin, gateway = %cfg.gateway.id, shards, tls = tls_on, "gochat ready");
     runtime.block_on(wait_for_signal());
     info!("shutting down");
     let _ = shutdown_tx.send(true);
@@ -456,7 +462,8 @@ pub fn run_repo(cfg: Config) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}", cfg.repo.listen))?;
         let addr = listener.local_addr()?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(gochat_repo_grpc::serve(store, listener, async move {
+        let token = Some(cfg.repo.auth_token.clone());
+        let server = tokio::spawn(gochat_repo_grpc::serve_with_token(store, listener, token, async move {
             let _ = stop_rx.await;
         }));
         info!(grpc = %addr, "gochat ready");

@@ -139,17 +139,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         };
         let api = Arc::new(TokioApi::new(router(state), tokio::runtime::Handle::current()));
         let shard_bus = Arc::new(MemoryShardBus { upstream: bus.producer(), push: push_bus.clone(), push_topic });
-        let deps = GatewayDeps { bus: shard_bus, jwt, api: api.clone() };
+        let tls = crate::tls::gateway_tls(&cfg)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let deps = GatewayDeps { bus: shard_bus, jwt, api: api.clone(), tls };
         let gateway = Gateway::start(settings, cfg.listen, deps, shutdown_rx.clone())?;
-        let admin = crate::admin::serve(
-            cfg.gateway.admin_listen,
-            &cfg.gateway.id,
-            gateway.metrics.clone(),
-            api,
-            shutdown_rx,
-        )
-        .await?;
-        info!(addr = %gateway.local_addr, url = %format!("http://{}", gateway.local_addr), admin = %admin, shards, "gochat ready");
+        let admin =
+            crate::admin::serve(cfg.gateway.admin_listen, &cfg.gateway.id, gateway.metrics.clone(), api, shutdown_rx)
+                .await?;
+        let url = format!("{scheme}://{}", gateway.local_addr);
+        info!(addr = %gateway.local_addr, url = %url, admin = %admin, tls = scheme == "https", shards, "gochat ready");
 
         wait_for_signal().await;
         info!("shutting down");

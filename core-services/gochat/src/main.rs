@@ -10,6 +10,7 @@ mod bridge;
 mod cluster;
 mod dev;
 mod tasks;
+mod tls;
 
 use clap::{Args, Parser, Subcommand};
 use gochat_common::config::Config;

@@ -71,6 +71,20 @@ impl Kafka {
             .set("log_level", "4")
             // Chat frames are small and latency-bound: no Nagle delay on broker sockets.
             .set("socket.nagle.disable", "true");
+        let k = &self.cfg;
+        let security = [
+            ("security.protocol", &k.security_protocol),
+            ("sasl.mechanism", &k.sasl_mechanism),
+            ("sasl.username", &k.sasl_username),
+            ("sasl.password", &k.sasl_password),
+            ("ssl.ca.location", &k.ssl_ca_location),
+        ];
+        for (key, value) in security.into_iter().filter(|(_, v)| !v.is_empty()) {
+            c.set(key, value);
+        }
+        for (key, value) in &k.extra {
+            c.set(key, value);
+        }
         c
     }
 

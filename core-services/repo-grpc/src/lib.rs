@@ -17,6 +17,8 @@ use prost::Message as _;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Request, Response, Status};
@@ -86,18 +88,76 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    serve_with_token(store, listener, None, shutdown).await
+}
+
+/// [`serve`], with the Repo service refusing every call that does not carry
+/// `authorization: Bearer {auth_token}` with UNAUTHENTICATED.
+/// grpc.health.v1 stays open for probes. `None` or an empty token = no check.
+pub async fn serve_with_token(
+    store: Arc<dyn Store>,
+    listener: tokio::net::TcpListener,
+    auth_token: Option<String>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let check = TokenCheck { expected: auth_token.filter(|t| !t.is_empty()).map(|t| Arc::from(t.into_bytes())) };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RepoServer<RepoService>>().await;
     let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "repo grpc service listening");
+    tracing::info!(addr = ?addr, authenticated = check.expected.is_some(), "repo grpc service listening");
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
         .add_service(health_service)
-        .add_service(service(store))
+        .add_service(InterceptedService::new(service(store), check))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     tracing::info!(addr = ?addr, "repo grpc service stopped");
     Ok(())
+}
+
+/// Server side of `repo.auth_token`: the bearer token compared in constant time.
+#[derive(Clone)]
+struct TokenCheck {
+    expected: Option<Arc<[u8]>>,
+}
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.expected else { return Ok(req) };
+        let given =
+            req.metadata().get("authorization").and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).unwrap_or_default();
+        if constant_time_eq(given, expected) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated("missing or wrong repo token"))
+        }
+    }
+}
+
+/// Equality whose time depends only on the lengths, never on where the
+/// inputs first differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u64;
+    for (i, y) in b.iter().enumerate() {
+        let x = a.get(i).copied().unwrap_or(0);
+        diff |= u64::from(std::hint::black_box(x ^ y));
+    }
+    diff == 0
+}
+
+/// Client side of `repo.auth_token`: adds `authorization: Bearer {token}`.
+#[derive(Debug, Clone, Default)]
+pub struct TokenAuth {
+    header: Option<MetadataValue<Ascii>>,
+}
+
+impl tonic::service::Interceptor for TokenAuth {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(h) = &self.header {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    }
 }
 
 pub(crate) fn required<T>(v: Option<T>, field: &str) -> Result<T, Status> {
@@ -375,7 +435,7 @@ fn database_code(e: &sqlx::Error) -> Code {
 /// [`RepoError::Rpc`] and a later one succeeds once it is back.
 #[derive(Debug, Clone)]
 pub struct RepoClient {
-    inner: pb::repo_client::RepoClient<Channel>,
+    inner: pb::repo_client::RepoClient<InterceptedService<Channel, TokenAuth>>,
 }
 
 impl RepoClient {
@@ -383,6 +443,22 @@ impl RepoClient {
     /// `host:port`). Does not connect yet; needs a tokio runtime (it spawns
     /// the channel's worker) and fails with [`RepoError::Rpc`] outside one.
     pub fn connect(endpoint: &str) -> Result<Self, RepoError> {
+        Self::connect_with_token(endpoint, None)
+    }
+
+    /// [`RepoClient::connect`], sending `authorization: Bearer {token}` on
+    /// every call (`repo.auth_token`); `None` or empty = no header.
+    pub fn connect_with_token(endpoint: &str, token: Option<&str>) -> Result<Self, RepoError> {
+        let auth = match token.filter(|t| !t.is_empty()) {
+            None => TokenAuth::default(),
+            Some(t) => TokenAuth {
+                header: Some(
+                    format!("Bearer {t}")
+                        .parse()
+                        .map_err(|_| RepoError::Rpc("repo auth token is not a valid header value".into()))?,
+                ),
+            },
+        };
         let uri = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
         let endpoint = Endpoint::from_shared(uri)
             .map_err(|e| RepoError::Rpc(format!("invalid repo endpoint {endpoint:?}: {e}")))?
@@ -392,18 +468,22 @@ impl RepoClient {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(RepoError::Rpc("repo client needs a tokio runtime".into()));
         }
-        Ok(Self::from_channel(endpoint.connect_lazy()))
+        Ok(Self::from_channel_with(endpoint.connect_lazy(), auth))
     }
 
     /// A client over an existing channel (limits set to [`MAX_MESSAGE_BYTES`]).
     pub fn from_channel(channel: Channel) -> Self {
-        let inner = pb::repo_client::RepoClient::new(channel)
+        Self::from_channel_with(channel, TokenAuth::default())
+    }
+
+    fn from_channel_with(channel: Channel, auth: TokenAuth) -> Self {
+        let inner = pb::repo_client::RepoClient::with_interceptor(channel, auth)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Self { inner }
     }
 
-    pub(crate) fn client(&self) -> pb::repo_client::RepoClient<Channel> {
+    pub(crate) fn client(&self) -> pb::repo_client::RepoClient<InterceptedService<Channel, TokenAuth>> {
         self.inner.clone()
     }
 }
@@ -805,6 +885,15 @@ mod tests {
     async fn connect_rejects_a_bad_endpoint() {
         assert!(matches!(RepoClient::connect("http://[::1"), Err(RepoError::Rpc(_))));
         assert!(RepoClient::connect("127.0.0.1:1").is_ok());
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        for other in [&b""[..], b"secre", b"secret!", b"Secret", b"xecret"] {
+            assert!(!constant_time_eq(other, b"secret"), "{other:?}");
+        }
+        assert!(RepoClient::connect_with_token("127.0.0.1:1", Some("bad\nvalue")).is_err());
     }
 
     #[test]
