@@ -813,7 +813,8 @@ async fn stream_until_acked(st: Stream) -> HashMap<usize, (u64, String)> {
                     progress = Instant::now();
                     continue;
                 }
-                Got::Frame(f) if f["type"] == "error" && f["code"] != "server_busy" => {
+                // server_busy / rate_limited: not accepted; the resend on timeout covers it.
+                Got::Frame(f) if f["type"] == "error" && f["code"] != "server_busy" && f["code"] != "rate_limited" => {
                     panic!("{tag}: unexpected error frame {f}")
                 }
                 Got::Frame(_) => continue,

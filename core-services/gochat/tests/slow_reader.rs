@@ -82,8 +82,11 @@ async fn send_messages(alice: &mut Ws, cid: &str, from: usize, to: usize) -> Vec
         let v = recv(alice).await;
         match v["type"].as_str() {
             Some("message-ack") => seqs.push(seq(&v)),
-            Some("error") if v["code"] == "server_busy" => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            // Not accepted (intake full, or this connection's rate limit):
+            // resend after the advised pause, as clients must.
+            Some("error") if v["code"] == "server_busy" || v["code"] == "rate_limited" => {
+                let pause = v["retry_after_ms"].as_u64().unwrap_or(50);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
                 let i: usize = v["ref"].as_str().unwrap().trim_start_matches("m-").parse().unwrap();
                 send(alice, msg(i)).await;
             }

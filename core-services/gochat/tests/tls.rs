@@ -91,7 +91,7 @@ impl TlsServer {
         assert_eq!(ready["url"], format!("https://{addr}"));
         let tls = client_config(ca);
         let https = reqwest::Client::builder().use_preconfigured_tls((*tls).clone()).build().unwrap();
-        (TlsServer { server: Server::attach(child, addr), https, tls, cert, key }, leaf)
+        (TlsServer { server: Server::attach_gateway(child, &ready), https, tls, cert, key }, leaf)
     }
 
     fn url(&self, path: &str) -> String {
@@ -211,9 +211,11 @@ async fn wss_end_to_end_and_plaintext_gets_no_service() {
 }
 
 impl TlsServer {
-    /// Sum of a metric over its label sets, read over HTTPS.
+    /// Sum of a metric over its label sets, read from the admin listener
+    /// (plain HTTP on loopback; the TLS client port serves no /metrics).
     async fn metric(&self, name: &str) -> f64 {
-        let text = self.https.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let url = self.server.admin_url("/metrics");
+        let text = self.server.http.get(url).send().await.unwrap().text().await.unwrap();
         text.lines()
             .filter(|l| l.starts_with(name) && !l.starts_with('#'))
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
