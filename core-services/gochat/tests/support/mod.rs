@@ -326,3 +326,29 @@ pub fn raise_nofile() {
 /// Fast password hashing for tests that register thousands of users.
 pub const CHEAP_ARGON2: [(&str, &str); 2] =
     [("GOCHAT_AUTH__ARGON2_MEMORY_KIB", "64"), ("GOCHAT_AUTH__ARGON2_ITERATIONS", "1")];
+
+/// An HTTP call with an optional bearer token and JSON body: (status, body
+/// or Null when the body is not JSON).
+pub async fn call_with(
+    srv: &Server,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = srv.http.request(method, srv.url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// [`call_with`] as a user.
+pub async fn call(srv: &Server, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    call_with(srv, method, path, Some(token), body).await
+}

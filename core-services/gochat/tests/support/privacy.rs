@@ -6,16 +6,6 @@
 use super::*;
 use reqwest::Method;
 
-pub async fn call(srv: &Server, method: Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = srv.http.request(method, srv.url(path)).bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 /// GET presence: (status, error code or "", connections).
 async fn presence(srv: &Server, token: &str, uid: &str) -> (u16, String, u64) {
     let (s, v) = srv.get(&format!("/api/v1/users/{uid}/presence"), token).await;

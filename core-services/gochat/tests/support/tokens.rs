@@ -1,6 +1,6 @@
 //! Helpers for the token lifecycle tests: token pairs, auth calls, close frames.
 
-use super::{recv_within, send, Server, Ws};
+use super::{call_with, recv_within, send, Server, Ws};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -16,13 +16,7 @@ pub async fn login_pair(s: &Server, username: &str) -> Value {
 
 /// POST a JSON body (with a bearer token when given): (status, body or Null).
 pub async fn post(s: &Server, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-    let mut req = s.http.post(s.url(path)).json(&body);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    call_with(s, reqwest::Method::POST, path, token, Some(body)).await
 }
 
 /// Rotate a refresh token: (status, body).
