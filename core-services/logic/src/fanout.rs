@@ -16,6 +16,9 @@ pub struct Outbound {
     pub shard: u32,
     pub recipients: Vec<bus::Recipient>,
     pub frame: Bytes,
+    /// Close these connections after the frame (revoked sessions, the
+    /// per-user cap); None for ordinary deliveries.
+    pub close: Option<bus::CloseConn>,
 }
 
 impl Outbound {
@@ -26,6 +29,7 @@ impl Outbound {
             shard: origin.shard,
             recipients: vec![bus::Recipient { conn_id: origin.conn_id, user_id }],
             frame,
+            close: None,
         }
     }
 }
@@ -60,6 +64,7 @@ pub fn plan<'a>(
                     shard: s.shard,
                     recipients: vec![r],
                     frame: frame.clone(),
+                    close: None,
                 });
             }
             None => {
@@ -69,6 +74,7 @@ pub fn plan<'a>(
                     shard: s.shard,
                     recipients: vec![r],
                     frame: frame.clone(),
+                    close: None,
                 });
             }
         }

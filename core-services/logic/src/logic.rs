@@ -190,11 +190,6 @@ impl Logic {
         })
     }
 
-    /// Where pushes (`im.push.{gateway}`) are produced.
-    pub(crate) fn push_producer(&self) -> &Arc<dyn Producer> {
-        &self.producer
-    }
-
     pub fn topics(&self) -> &Topics {
         &self.topics
     }
@@ -381,7 +376,7 @@ impl Logic {
     pub async fn deliver(&self, out: Vec<Outbound>) {
         let mut topics: HashMap<Arc<str>, String> = HashMap::new();
         for o in out {
-            let push = bus::Push { recipients: o.recipients, frame: o.frame, close: None };
+            let push = bus::Push { recipients: o.recipients, frame: o.frame, close: o.close };
             let env = KafkaMessage::wrap(kind::PUSH, String::new(), push);
             let topic = topics.entry(o.gateway_id.clone()).or_insert_with(|| self.topics.push(&o.gateway_id)).as_str();
             let payload: Bytes = env.encode_to_vec().into();

@@ -12,15 +12,13 @@
 //! into the cache itself (a reader filling a miss never overwrites), so a
 //! version never goes back.
 
+use crate::fanout;
 use crate::logic::LogicError;
 use crate::session::Session;
 use crate::Logic;
 use bytes::Bytes;
 use gochat_common::auth::{CLOSE_CONNECTION_LIMIT, CLOSE_SESSION_REVOKED};
-use gochat_proto::bus::{CloseConn, KafkaMessage, Push, Recipient};
-use gochat_proto::{kind, Message as _};
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use gochat_proto::bus::CloseConn;
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -96,31 +94,17 @@ impl Logic {
         for s in sessions {
             self.sessions.remove_session(user_id, s).await?;
         }
-        let mut by_shard: BTreeMap<(Arc<str>, u32), Vec<Recipient>> = BTreeMap::new();
-        for s in sessions {
-            by_shard
-                .entry((s.gateway_id.clone(), s.shard))
-                .or_default()
-                .push(Recipient { conn_id: s.conn_id, user_id });
+        // One close request per (gateway, shard), on the ordinary push path.
+        let mut out = Vec::new();
+        let max = self.task_config().max_push_recipients;
+        fanout::plan(&Bytes::new(), sessions.iter().map(|s| (user_id, s)), None, max, &mut out);
+        let close = CloseConn { code: POLICY_CLOSE, reason: reason.to_owned() };
+        for o in &mut out {
+            o.close = Some(close.clone());
         }
-        for ((gateway, shard), recipients) in by_shard {
-            let push = Push {
-                recipients,
-                frame: Bytes::new(),
-                close: Some(CloseConn { code: POLICY_CLOSE, reason: reason.to_owned() }),
-            };
-            let payload: Bytes = KafkaMessage::wrap(kind::PUSH, String::new(), push).encode_to_vec().into();
-            let topic = self.topics().push(&gateway);
-            match self.push_producer().send(&topic, b"", Some(shard), payload).await {
-                Ok(()) => self.metrics.pushes.inc(),
-                Err(e) => {
-                    // The session is already forgotten; the socket lives on
-                    // until its token expires.
-                    self.metrics.push_failures.inc();
-                    warn!(user_id, topic, shard, reason, error = %e, "close request not produced");
-                }
-            }
-        }
+        // A close that cannot be produced is counted (push_failures): the
+        // session is already forgotten, the socket lives until its token expires.
+        self.deliver(out).await;
         Ok(())
     }
 }
